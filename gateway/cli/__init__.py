@@ -1,0 +1,79 @@
+"""The `lore-gateway` command line.
+
+Exit codes are part of the contract: 0 ok; 1 the operation failed (message on
+stderr, and with `--json` an {"error": ...} document on stdout); 2 usage or
+configuration error. Each command is an async function that returns the
+document `--json` prints, so text and JSON output never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+import orjson
+
+from gateway.cli import sync_cmds, token_cmds
+from gateway.cli.base import CommandFailed, Context, Parser, UsageError
+from sync.config import ConfigError, load_config
+from sync.errors import SyncError
+from sync.migrations import MigrationError
+
+COMMAND_GROUPS = [sync_cmds, token_cmds]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="lore-gateway", description="A self-hosted gateway between GitLab and the tools that need it."
+    )
+    parser.add_argument(
+        "--config", metavar="PATH", help="TOML config file (default: env LORE_GATEWAY_CONFIG)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="machine-readable output: one JSON document on stdout"
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+    for group in COMMAND_GROUPS:
+        group.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    wants_json = "--json" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        ctx = Context(args, load_config(args.config), bool(args.json))
+        document = asyncio.run(args.handler(ctx))
+    except (UsageError, ConfigError) as exc:
+        return _fail(
+            wants_json, 2, "usage_error" if isinstance(exc, UsageError) else "config_error", str(exc)
+        )
+    except CommandFailed as exc:
+        return _fail(wants_json, 1, exc.code, exc.message, exc.extra)
+    except SyncError as exc:
+        return _fail(wants_json, 1, exc.code, exc.message)
+    except MigrationError as exc:
+        return _fail(wants_json, 1, "migration_error", str(exc))
+    except KeyboardInterrupt:
+        return _fail(wants_json, 1, "interrupted", "interrupted")
+    if ctx.json and document is not None:
+        sys.stdout.buffer.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _fail(wants_json: bool, status: int, code: str, message: str, extra: dict[str, Any] | None = None) -> int:
+    print(f"lore-gateway: {message}", file=sys.stderr)
+    if wants_json:
+        document = {"error": {"code": code, "message": message}, **(extra or {})}
+        sys.stdout.buffer.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+        sys.stdout.flush()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

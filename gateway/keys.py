@@ -1,0 +1,19 @@
+"""The typed keys of the application's state (aiohttp `AppKey`s), in one place so any module can use them."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from sync.clock import Clock
+from sync.config import Config
+from sync.db import Database
+from sync.events import EventBus
+from sync.gitlab import GitLabClient
+from sync.runner import SyncRunner
+
+CONFIG = web.AppKey("config", Config)
+CLOCK = web.AppKey("clock", Clock)
+DB = web.AppKey("db", Database)
+BUS = web.AppKey("bus", EventBus)
+GITLAB = web.AppKey("gitlab", GitLabClient)
+RUNNER = web.AppKey("runner", SyncRunner)

@@ -1,0 +1,103 @@
+"""The in-process event bus: sync progress and data changes, fanned out to subscribers.
+
+Publishing never blocks and never fails because of a subscriber: each one has a
+bounded queue, and one that falls behind is cut off (`overflowed`) rather than
+allowed to stall the sync or grow memory without bound. Events get monotonic
+ids and are kept in a bounded ring buffer so a reconnecting client can replay
+what it missed, or learn that it must re-read (the id has aged out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    name: str
+    data: dict[str, Any]
+    id: int | None = None
+
+
+@dataclass(eq=False)
+class Subscription:
+    """A subscriber's bounded queue; `overflowed` once it fell too far behind."""
+
+    queue: asyncio.Queue[Event]
+    overflowed: bool = False
+    _bus: EventBus | None = field(default=None, repr=False)
+
+    async def get(self) -> Event:
+        return await self.queue.get()
+
+    def close(self) -> None:
+        """Safe to call more than once."""
+        if self._bus is not None:
+            self._bus._subscribers.discard(self)
+            self._bus = None
+
+
+class EventBus:
+    def __init__(self, *, buffer_size: int = 2048, first_id: int = 1) -> None:
+        self._ids: Iterator[int] = itertools.count(first_id)
+        self._buffer: deque[Event] = deque(maxlen=buffer_size)
+        self._subscribers: set[Subscription] = set()
+        self._listeners: list[Callable[[Event], None]] = []
+        self.dropped_subscribers = 0
+
+    def publish(self, name: str, data: dict[str, Any]) -> Event:
+        event = Event(name, data, next(self._ids))
+        self._buffer.append(event)
+        for listener in self._listeners:
+            listener(event)
+        self._deliver(event)
+        return event
+
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """A synchronous in-process callback for every event (the scheduler's doorbell); never dropped.
+
+        A listener must be quick and must not raise.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Event], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _deliver(self, event: Event) -> None:
+        for sub in list(self._subscribers):
+            try:
+                sub.queue.put_nowait(event)
+            except asyncio.QueueFull:
+                sub.overflowed = True
+                sub.close()
+                self.dropped_subscribers += 1
+
+    def subscribe(self, maxsize: int = 256) -> Subscription:
+        sub = Subscription(asyncio.Queue(maxsize), _bus=self)
+        self._subscribers.add(sub)
+        return sub
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    @property
+    def last_id(self) -> int | None:
+        return self._buffer[-1].id if self._buffer else None
+
+    def since(self, last_id: int) -> list[Event] | None:
+        """Events after `last_id`, or None when some of them have aged out of the buffer."""
+        newest = self.last_id or 0
+        if last_id > newest:
+            return None  # an id from an earlier life of the bus: nothing to line it up with
+        if last_id == newest:
+            return []
+        if last_id < (self._buffer[0].id or 0) - 1:
+            return None
+        return [e for e in self._buffer if (e.id or 0) > last_id]

@@ -1,0 +1,191 @@
+"""Writes GitLab objects into the mirror tables, inside a caller's transaction.
+
+Every upsert compares `updated_at` with what is stored and writes only rows that
+changed, so a sync that finds nothing new writes nothing, bumps no data version
+and leaves every ETag alone. The functions return what they changed; the caller
+decides what to announce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import aiosqlite
+import orjson
+
+from sync.clock import normalize_time
+
+Kind = Literal["issue", "merge_request"]
+TABLE: dict[str, str] = {"issue": "issues", "merge_request": "merge_requests"}
+
+
+def _username(user: Any) -> str | None:
+    return user.get("username") if isinstance(user, dict) else None
+
+
+def _opt_time(value: Any) -> str | None:
+    return normalize_time(value) if isinstance(value, str) and value else None
+
+
+def changed_items(items: Iterable[dict], stored: dict[int, str]) -> list[dict]:
+    """The items whose updated_at differs from the mirror's (new ones included)."""
+    return [it for it in items if stored.get(it["iid"]) != normalize_time(it["updated_at"])]
+
+
+async def upsert_project(conn: aiosqlite.Connection, project: dict, now: float) -> bool:
+    raw = orjson.dumps(project)
+    cur = await conn.execute(
+        "INSERT INTO projects (id, path_with_namespace, name, web_url, raw, synced_at) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET path_with_namespace = excluded.path_with_namespace,"
+        " name = excluded.name, web_url = excluded.web_url, raw = excluded.raw, synced_at = excluded.synced_at"
+        " WHERE projects.raw IS NOT excluded.raw",
+        (
+            project["id"],
+            project["path_with_namespace"],
+            project.get("name") or "",
+            project.get("web_url") or "",
+            raw,
+            now,
+        ),
+    )
+    return cur.rowcount > 0
+
+
+async def upsert_items(
+    conn: aiosqlite.Connection, kind: Kind, project_id: int, items: Sequence[dict]
+) -> None:
+    """Insert or replace issues or merge requests (one executemany for the batch)."""
+    if kind == "issue":
+        await conn.executemany(
+            "INSERT OR REPLACE INTO issues (project_id, iid, id, title, state, author_username, labels,"
+            " created_at, updated_at, raw) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(*_common(project_id, it), orjson.dumps(it)) for it in items],
+        )
+    else:
+        await conn.executemany(
+            "INSERT OR REPLACE INTO merge_requests (project_id, iid, id, title, state, author_username, labels,"
+            " created_at, updated_at, merged_at, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [(*_common(project_id, it), _opt_time(it.get("merged_at")), orjson.dumps(it)) for it in items],
+        )
+
+
+def _common(project_id: int, item: dict) -> tuple:
+    return (
+        project_id,
+        item["iid"],
+        item["id"],
+        item.get("title") or "",
+        item.get("state") or "",
+        _username(item.get("author")),
+        orjson.dumps(item.get("labels") or []).decode(),
+        normalize_time(item["created_at"]),
+        normalize_time(item["updated_at"]),
+    )
+
+
+async def replace_discussions(
+    conn: aiosqlite.Connection, project_id: int, kind: Kind, iid: int, discussions: Sequence[dict]
+) -> int:
+    """Make the item's notes exactly those of `discussions`; return how many notes it has."""
+    rows = []
+    for d_seq, discussion in enumerate(discussions):
+        for n_seq, note in enumerate(discussion.get("notes") or []):
+            rows.append(
+                (
+                    note["id"],
+                    project_id,
+                    kind,
+                    iid,
+                    str(discussion["id"]),
+                    int(bool(discussion.get("individual_note"))),
+                    d_seq,
+                    n_seq,
+                    _username(note.get("author")),
+                    int(bool(note.get("system"))),
+                    normalize_time(note["created_at"]),
+                    normalize_time(note.get("updated_at") or note["created_at"]),
+                    orjson.dumps(note),
+                )
+            )
+    await conn.execute(
+        "DELETE FROM notes WHERE project_id = ? AND noteable_kind = ? AND noteable_iid = ?",
+        (project_id, kind, iid),
+    )
+    await conn.executemany(
+        "INSERT OR REPLACE INTO notes (id, project_id, noteable_kind, noteable_iid, discussion_id, individual_note,"
+        " discussion_seq, note_seq, author_username, system, created_at, updated_at, raw)"
+        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        rows,
+    )
+    return len(rows)
+
+
+def notes_fingerprint(discussions: Sequence[dict]) -> list[tuple[int, str]]:
+    """(id, updated_at) of every note in order: equal fingerprints mean nothing to write."""
+    return [
+        (note["id"], normalize_time(note.get("updated_at") or note["created_at"]))
+        for discussion in discussions
+        for note in discussion.get("notes") or []
+    ]
+
+
+async def stored_notes_fingerprint(conn: aiosqlite.Connection, project_id: int, kind: Kind, iid: int) -> list:
+    rows = await conn.execute_fetchall(
+        "SELECT id, updated_at FROM notes WHERE project_id = ? AND noteable_kind = ? AND noteable_iid = ?"
+        " ORDER BY discussion_seq, note_seq",
+        (project_id, kind, iid),
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def replace_mr_files(
+    conn: aiosqlite.Connection, project_id: int, iid: int, diffs: Sequence[dict]
+) -> int:
+    await conn.execute("DELETE FROM mr_files WHERE project_id = ? AND mr_iid = ?", (project_id, iid))
+    rows = {(d.get("new_path") or d.get("old_path"), d.get("old_path") or d.get("new_path")) for d in diffs}
+    await conn.executemany(
+        "INSERT INTO mr_files (project_id, mr_iid, path, old_path) VALUES (?, ?, ?, ?)",
+        [(project_id, iid, new, old) for new, old in rows if new],
+    )
+    return len(rows)
+
+
+async def delete_item(conn: aiosqlite.Connection, project_id: int, kind: Kind, iid: int) -> bool:
+    """Forget an item GitLab no longer has (with its notes and files)."""
+    cur = await conn.execute(f"DELETE FROM {TABLE[kind]} WHERE project_id = ? AND iid = ?", (project_id, iid))
+    await conn.execute(
+        "DELETE FROM notes WHERE project_id = ? AND noteable_kind = ? AND noteable_iid = ?",
+        (project_id, kind, iid),
+    )
+    if kind == "merge_request":
+        await conn.execute("DELETE FROM mr_files WHERE project_id = ? AND mr_iid = ?", (project_id, iid))
+    return cur.rowcount > 0
+
+
+async def get_cursor(conn: aiosqlite.Connection, project_id: int, resource: str) -> str | None:
+    rows = await conn.execute_fetchall(
+        "SELECT updated_after FROM sync_cursors WHERE project_id = ? AND resource = ?", (project_id, resource)
+    )
+    return rows[0][0] if rows else None
+
+
+async def set_cursor(conn: aiosqlite.Connection, project_id: int, resource: str, updated_after: str) -> None:
+    await conn.execute(
+        "INSERT INTO sync_cursors (project_id, resource, updated_after) VALUES (?, ?, ?)"
+        " ON CONFLICT (project_id, resource) DO UPDATE SET updated_after = excluded.updated_after",
+        (project_id, resource, updated_after),
+    )
+
+
+async def clear_cursors(conn: aiosqlite.Connection, project_id: int) -> None:
+    await conn.execute("DELETE FROM sync_cursors WHERE project_id = ?", (project_id,))
+
+
+async def bump_versions(conn: aiosqlite.Connection, project_id: int, resources: Iterable[str]) -> None:
+    """Advance the data version of each resource; ETags derive from these."""
+    await conn.executemany(
+        "INSERT INTO data_versions (project_id, resource, version) VALUES (?, ?, 1)"
+        " ON CONFLICT (project_id, resource) DO UPDATE SET version = version + 1",
+        [(project_id, r) for r in set(resources)],
+    )

@@ -1,0 +1,56 @@
+"""Shared fixtures: a GitLab simulator on a real socket, and configs pointing at it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.simulator import GitLabSimulator
+from sync.config import Config, load_config
+from sync.db import Database
+
+SIM_TOKEN = "sim-token"
+
+
+def make_config(
+    data_dir: Path, gitlab_url: str | None = None, projects: tuple[str, ...] = (), **env: str
+) -> Config:
+    """A Config from env-style overrides (e.g. sync_stale_lock="1s"), the way operators write them."""
+    values = {"LORE_GATEWAY_GATEWAY_DATA_DIR": str(data_dir)}
+    if gitlab_url:
+        values["LORE_GATEWAY_GITLAB_URL"] = gitlab_url
+        values["LORE_GATEWAY_GITLAB_TOKEN"] = SIM_TOKEN
+        values["LORE_GATEWAY_GITLAB_PROJECTS"] = ",".join(projects)
+    values.update({f"LORE_GATEWAY_{k.upper()}": v for k, v in env.items()})
+    return load_config(None, values)
+
+
+@pytest.fixture
+def simulator() -> GitLabSimulator:
+    sim = GitLabSimulator(token=SIM_TOKEN, seed=7)
+    sim.add_project("acme/widgets", issues=30, merge_requests=12, notes_per_item=3)
+    sim.add_project("acme/gadgets", issues=20, merge_requests=8, notes_per_item=2)
+    return sim
+
+
+@pytest.fixture
+async def gitlab_url(simulator: GitLabSimulator, aiohttp_server) -> str:
+    server = await aiohttp_server(simulator.app())
+    return str(server.make_url("")).rstrip("/")
+
+
+@pytest.fixture
+def config_for(tmp_path: Path, gitlab_url: str) -> Callable[..., Config]:
+    def build(**env: str) -> Config:
+        return make_config(tmp_path / "data", gitlab_url, ("acme/widgets", "acme/gadgets"), **env)
+
+    return build
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await Database.open(tmp_path / "data" / "lore.db")
+    yield database
+    await database.close()
