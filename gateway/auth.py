@@ -19,7 +19,7 @@ from sync.clock import utc_iso
 from sync.tokens import SCOPES, Principal, TokenStore, signing_keys
 
 TOKENS = web.AppKey("tokens", TokenStore)
-PRINCIPAL_KEY = "principal"  # request[PRINCIPAL_KEY] holds the caller's Principal in a @requires handler
+PRINCIPAL = web.RequestKey("principal", Principal)  # the caller, set by @requires
 
 _REALM = 'Bearer realm="lore-gateway"'
 
@@ -65,7 +65,7 @@ async def _from_ticket(request: web.Request, ticket: str) -> Principal:
 
 
 def requires(scope: str, *, allow_ticket: bool = False) -> Callable[[Handler], Handler]:
-    """Decorate a handler: authenticate, check `scope`, set request["principal"], record the use.
+    """Decorate a handler: authenticate, check `scope`, set request[PRINCIPAL], record the use.
 
     With `allow_ticket`, a `?ticket=` is accepted when no Authorization header is sent (SSE only).
     """
@@ -84,7 +84,7 @@ def requires(scope: str, *, allow_ticket: bool = False) -> Callable[[Handler], H
                 challenge = f'{_REALM}, error="insufficient_scope", scope="{scope}"'
                 raise ApiError(403, "forbidden", f"this token lacks the '{scope}' scope",
                                headers={"WWW-Authenticate": challenge})
-            request[PRINCIPAL_KEY] = principal
+            request[PRINCIPAL] = principal
             await request.app[TOKENS].touch(principal)
             return await handler(request)
 
@@ -96,7 +96,7 @@ def requires(scope: str, *, allow_ticket: bool = False) -> Callable[[Handler], H
 @requires("read")
 async def create_ticket(request: web.Request) -> web.Response:
     """`POST /api/v1/events/ticket`: 201 {"ticket", "expires_at"}, for `GET /api/v1/events?ticket=`."""
-    ticket, expires_at = request.app[TOKENS].issue_ticket(request[PRINCIPAL_KEY])
+    ticket, expires_at = request.app[TOKENS].issue_ticket(request[PRINCIPAL])
     return json_response({"ticket": ticket, "expires_at": utc_iso(expires_at)}, status=201,
                          headers={"Cache-Control": "no-store"})
 

@@ -10,6 +10,7 @@ from sync.db import Database
 from sync.events import EventBus
 from sync.gitlab import GitLabClient
 from sync.runner import SyncRunner
+from sync.scheduler import Scheduler
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)
@@ -17,3 +18,4 @@ DB = web.AppKey("db", Database)
 BUS = web.AppKey("bus", EventBus)
 GITLAB = web.AppKey("gitlab", GitLabClient)
 RUNNER = web.AppKey("runner", SyncRunner)
+SCHEDULER = web.AppKey("scheduler", Scheduler)

@@ -11,14 +11,14 @@ from aiohttp.test_utils import TestClient
 
 from gateway import auth
 from gateway.app import create_app
-from gateway.auth import TOKENS, requires
+from gateway.auth import PRINCIPAL, TOKENS, requires
 from gateway.http import json_response
 from sync.clock import FakeClock
 from sync.config import AuthConfig, Config, GatewayConfig
 
 
 async def whoami(request: web.Request) -> web.Response:
-    principal = request["principal"]
+    principal = request[PRINCIPAL]
     return json_response({"token_id": principal.token_id, "name": principal.name})
 
 
