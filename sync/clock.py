@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import re
 import time
 from datetime import UTC, datetime
 from typing import Protocol
@@ -104,6 +105,11 @@ def parse_time(text: str) -> float:
     return dt.timestamp()
 
 
+_CANONICAL = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
 def normalize_time(text: str) -> str:
     """A GitLab timestamp in our one sortable form (RFC 3339, UTC, milliseconds, Z)."""
+    if _CANONICAL.fullmatch(text):
+        return text  # GitLab's REST API already writes this form: skip the parse on the hot path
     return utc_iso(parse_time(text))  # type: ignore[return-value]

@@ -15,13 +15,13 @@ from typing import Any
 
 import orjson
 
-from gateway.cli import sync_cmds, token_cmds
+from gateway.cli import serve_cmds, sync_cmds, token_cmds
 from gateway.cli.base import CommandFailed, Context, Parser, UsageError
 from sync.config import ConfigError, load_config
 from sync.errors import SyncError
 from sync.migrations import MigrationError
 
-COMMAND_GROUPS = [sync_cmds, token_cmds]
+COMMAND_GROUPS = [serve_cmds, sync_cmds, token_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +73,3 @@ def _fail(wants_json: bool, status: int, code: str, message: str, extra: dict[st
         sys.stdout.buffer.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
         sys.stdout.flush()
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())
