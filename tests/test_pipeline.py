@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from aiohttp import web
 
@@ -247,3 +249,53 @@ async def test_sync_runs_record_trigger_profile_and_timestamps(simulator, config
     doc = run.to_json()
     assert doc["trigger"] == "manual" and doc["profile"] == profile and doc["status"] == "succeeded"
     assert doc["started_at"].endswith("Z") and doc["finished_at"].endswith("Z")
+
+
+class RecordingClock(SystemClock):
+    """Real time, but sleeps are recorded and skipped, so a Retry-After wait costs the test nothing."""
+
+    def __init__(self) -> None:
+        self.slept: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+async def test_a_429_with_retry_after_waits_that_long_then_completes(simulator, config_for, db):
+    simulator.inject_fault(429, path_contains="/issues?", retry_after=2, times=1)
+    clock = RecordingClock()
+    run = await SyncRunner(db, EventBus(), clock, config_for()).run(SyncRequest(profile="fast"))
+    assert run.status == "succeeded"
+    assert 2.0 in clock.slept
+    assert await counts(db, "issues") == 50
+
+
+async def test_initial_sync_at_full_size_is_exact_and_a_quiet_resync_is_cheap(db, tmp_path, aiohttp_server):
+    from tests.conftest import SIM_TOKEN, make_config
+
+    sim = GitLabSimulator(token=SIM_TOKEN, seed=21, latency=0.015)
+    for path in ("big/one", "big/two"):
+        sim.add_project(path, issues=400, merge_requests=150, notes_per_item=3)
+    server = await aiohttp_server(sim.app())
+    config = make_config(tmp_path / "data", str(server.make_url("")).rstrip("/"), ("big/one", "big/two"))
+    runner = runner_for(db, config)
+    run = await runner.run(SyncRequest(profile="balanced"))
+    assert run.status == "succeeded"
+    assert await counts(db, "issues") == 800 and await counts(db, "merge_requests") == 300
+    assert (
+        await counts(db, "notes")
+        == simulated_notes(sim)
+        == await db.fetchval("SELECT count(DISTINCT id) FROM notes")
+    )
+    minimum = 2 * (4 + 2 + 400 + 2 * 150)  # list pages + discussions per item + diffs per MR
+    assert minimum <= sim.request_count - sim.requests["project"] <= minimum * 1.1
+
+    sim.reset_counters()
+    started = time.perf_counter()
+    quiet = await runner.run(SyncRequest(profile="balanced"))
+    assert time.perf_counter() - started < 1.0
+    assert sim.requests["issues_list"] <= 2 * 2 and sim.requests["mrs_list"] <= 2 * 2
+    assert (
+        sim.request_count - sim.requests["project"] == sim.requests["issues_list"] + sim.requests["mrs_list"]
+    )
+    assert quiet.counts.get("issues", 0) + quiet.counts.get("documents", 0) == 0
