@@ -1,0 +1,175 @@
+"""The durable inbox: committed before `add` returns, deduplicated by key, group-committed under load."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sync.clock import FakeClock
+from sync.db import Database
+from sync.inbox import Accepted, Inbox, InboxError, InboxEvent
+
+
+def event(key: str | None = None, *, name: str = "Issue Hook", iid: int | None = 7) -> InboxEvent:
+    return InboxEvent(key, name, 1001, "issue" if iid else None, iid, b'{"object_kind":"issue"}')
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> AsyncIterator[Database]:
+    db = await Database.open(tmp_path / "lore.db")
+    yield db
+    await db.close()
+
+
+@pytest.fixture
+async def inbox(database: Database) -> AsyncIterator[Inbox]:
+    box = Inbox(database, FakeClock(1_800_000_000.0))
+    await box.start()
+    yield box
+    await box.close()
+
+
+def rows_on_disk(path: Path) -> list[tuple[object, ...]]:
+    """Read through a separate connection: only committed rows are visible there."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT id, idempotency_key, event, project_id, kind, iid, received_at, payload FROM webhook_events"
+            " ORDER BY id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+async def test_add_returns_once_the_row_is_committed(inbox: Inbox, database: Database) -> None:
+    accepted = await inbox.add(event("key-1"))
+
+    assert accepted == Accepted(accepted.event_id, duplicate=False)
+    assert rows_on_disk(database.path) == [
+        (accepted.event_id, "key-1", "Issue Hook", 1001, "issue", 7, 1_800_000_000.0, b'{"object_kind":"issue"}')
+    ]
+
+
+async def test_a_key_seen_before_is_a_duplicate_with_the_first_rows_id(inbox: Inbox, database: Database) -> None:
+    first = await inbox.add(event("key-1"))
+
+    again = await inbox.add(event("key-1"))
+
+    assert again == Accepted(first.event_id, duplicate=True)
+    assert len(rows_on_disk(database.path)) == 1
+
+
+async def test_the_same_key_twice_in_one_batch_is_a_duplicate(inbox: Inbox, database: Database) -> None:
+    results = await asyncio.gather(inbox.add(event("same")), inbox.add(event("same")), inbox.add(event("other")))
+
+    assert [r.duplicate for r in results] == [False, True, False]
+    assert results[0].event_id == results[1].event_id
+    assert len(rows_on_disk(database.path)) == 2
+
+
+async def test_events_without_a_key_are_never_deduplicated(inbox: Inbox, database: Database) -> None:
+    results = [await inbox.add(event(None)) for _ in range(3)]
+
+    assert not any(r.duplicate for r in results)
+    assert len({r.event_id for r in results}) == 3
+    assert len(rows_on_disk(database.path)) == 3
+
+
+async def test_concurrent_adds_are_committed_together(inbox: Inbox, database: Database) -> None:
+    results = await asyncio.gather(*(inbox.add(event(f"k{i}")) for i in range(200)))
+
+    assert len({r.event_id for r in results}) == 200
+    assert len(rows_on_disk(database.path)) == 200
+    assert inbox.commits <= 3, "200 callers waiting at once should share a transaction or two"
+
+
+async def test_max_batch_bounds_one_transaction(database: Database) -> None:
+    box = Inbox(database, FakeClock(), max_batch=10)
+    await box.start()
+    await asyncio.gather(*(box.add(event(f"k{i}")) for i in range(100)))
+    await box.close()
+
+    assert box.commits == 10
+    assert box.rows == 100
+
+
+async def test_a_failed_commit_fails_every_caller_of_its_batch(inbox: Inbox, database: Database) -> None:
+    async with database.transaction() as conn:
+        await conn.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON webhook_events WHEN NEW.event = 'Boom Hook'"
+            " BEGIN SELECT RAISE(ABORT, 'boom'); END"
+        )
+
+    results = await asyncio.gather(
+        inbox.add(event("a")), inbox.add(event("b", name="Boom Hook")), inbox.add(event("c")),
+        return_exceptions=True,
+    )
+
+    assert all(isinstance(r, InboxError) for r in results)
+    assert rows_on_disk(database.path) == []
+
+
+async def test_the_writer_survives_a_failed_commit(inbox: Inbox, database: Database) -> None:
+    async with database.transaction() as conn:
+        await conn.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON webhook_events WHEN NEW.event = 'Boom Hook'"
+            " BEGIN SELECT RAISE(ABORT, 'boom'); END"
+        )
+    with pytest.raises(InboxError):
+        await inbox.add(event("b", name="Boom Hook"))
+
+    accepted = await inbox.add(event("a"))
+
+    assert not accepted.duplicate
+    assert len(rows_on_disk(database.path)) == 1
+
+
+async def test_an_integer_sqlite_cannot_hold_fails_the_batch_not_the_writer(inbox: Inbox) -> None:
+    with pytest.raises(InboxError):
+        await inbox.add(InboxEvent(None, "Issue Hook", 2**70, "issue", 1, b"{}"))
+
+    assert not (await inbox.add(event("after"))).duplicate
+
+
+async def test_close_commits_what_is_queued(database: Database) -> None:
+    box = Inbox(database, FakeClock())
+    await box.start()
+    adds = [asyncio.create_task(box.add(event(f"k{i}"))) for i in range(50)]
+    await asyncio.sleep(0)  # let every add enqueue
+
+    await box.close()
+
+    assert all(not task.result().duplicate for task in adds)
+    assert len(rows_on_disk(database.path)) == 50
+
+
+async def test_add_after_close_is_refused(database: Database) -> None:
+    box = Inbox(database, FakeClock())
+    await box.start()
+    await box.close()
+
+    with pytest.raises(InboxError):
+        await box.add(event("late"))
+
+
+async def test_a_caller_that_goes_away_still_gets_its_event_stored(inbox: Inbox, database: Database) -> None:
+    task = asyncio.create_task(inbox.add(event("gone")))
+    await asyncio.sleep(0)
+    task.cancel()
+
+    await inbox.add(event("next"))  # the writer has processed everything queued before it
+
+    assert [row[1] for row in rows_on_disk(database.path)] == ["gone", "next"]
+
+
+async def test_count_pending_counts_unprocessed_rows(inbox: Inbox, database: Database) -> None:
+    first = await inbox.add(event("a"))
+    await inbox.add(event("b"))
+    async with database.transaction() as conn:
+        await conn.execute("UPDATE webhook_events SET processed_at = 1 WHERE id = ?", (first.event_id,))
+
+    assert await inbox.count_pending() == 1
