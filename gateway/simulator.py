@@ -16,6 +16,7 @@ import http
 import json
 import math
 import random
+import re
 import time
 import uuid
 from collections import Counter
@@ -48,7 +49,8 @@ from gateway.simulator_data import (
 )
 from sync.clock import Clock, SystemClock
 
-__all__ = ["GITLAB_VERSION", "GitLabSimulator", "Project", "Webhook", "sign_webhook"]
+__all__ = ["GITLAB_VERSION", "GitLabSimulator", "GraphQLBatch", "Project", "Webhook", "WorkItemsGraphQL",
+           "sign_webhook"]
 
 GITLAB_VERSION = "18.5.0"
 MAX_COUNT = 10_000  # above this many rows GitLab stops counting: no x-total, x-total-pages, rel="last"
@@ -60,6 +62,13 @@ MR_FIELDS = frozenset({"title", "description", "state", "labels", "assignees", "
                        "discussion_locked", "target_branch"})
 NEW_ISSUE_FIELDS = frozenset({"title", "description", "labels", "assignees", "confidential", "author"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# A GraphQL answer: the JSON body (HTTP 200), or (status, body) for an HTTP-level failure such as the 503 timeout.
+GraphQLReply = JSON | tuple[int, JSON]
+# GitLab's system-defined work-item statuses and their categories (WorkItemStatusCategoryEnum values).
+WORK_ITEM_STATUSES: dict[str, str] = {
+    "To do": "TO_DO", "In progress": "IN_PROGRESS", "Done": "DONE", "Won't do": "CANCELED", "Duplicate": "CANCELED",
+}
+GRAPHQL_TIMEOUT = "Request timed out. Please try a less complex query or a smaller set of records."
 
 
 # -- webhooks --------------------------------------------------------------------------------------
@@ -240,7 +249,8 @@ class GitLabSimulator:
         self.ratelimit_remaining: int | None = None
         self.ratelimit_limit = 2000
         # Answers POST /api/graphql; the default is a GitLab without work items (an `errors` array, HTTP 200).
-        self.graphql_handler: Callable[[JSON], JSON] = _graphql_without_work_items
+        self.graphql_handler: Callable[[JSON], GraphQLReply] = _graphql_without_work_items
+        self.work_items: WorkItemsGraphQL | None = None
         self._clock: Clock = clock or SystemClock()
         self._rng = random.Random(seed)
         self._data = DataFactory(seed, self.base_url)
@@ -359,6 +369,29 @@ class GitLabSimulator:
             "push_options": {}, "repository": project.repository(),
         }
         return self._webhook("Push Hook", payload)
+
+    # -- work items (GraphQL) ----------------------------------------------------------------------
+
+    def enable_work_items(self, **options: Any) -> WorkItemsGraphQL:
+        """Answer GraphQL like a Premium GitLab 18.1+ with work-item statuses; options as WorkItemsGraphQL."""
+        self.work_items = WorkItemsGraphQL(self, **options)
+        self.graphql_handler = self.work_items
+        return self.work_items
+
+    def set_work_item_status(self, project_id: int, iid: int, name: str | None, *,
+                             actor: str | None = None) -> Webhook:
+        """Change an issue's status (a name from WORK_ITEM_STATUSES, or None); like GitLab, it touches the issue."""
+        if self.work_items is None:
+            raise RuntimeError("call enable_work_items() first")
+        if name is not None and name not in WORK_ITEM_STATUSES:
+            raise ValueError(f"unknown status {name!r}; known: {sorted(WORK_ITEM_STATUSES)}")
+        project = self._project(project_id)
+        issue = _item(project.issues, iid, "issue")
+        now, user = self._tick(), self._actor(actor)
+        before = dict(issue)
+        self.work_items.statuses[(project_id, iid)] = name
+        self._touch(project, issue, now)
+        return self._issue_hook(project, issue, "update", user, _changes(self._data, project, before, issue, user))
 
     # -- faults and observation --------------------------------------------------------------------
 
@@ -522,7 +555,9 @@ class GitLabSimulator:
             return web.json_response({"errors": [{"message": "Invalid JSON"}]}, status=400)
         if len(str(body.get("query", ""))) > 10_000:
             return web.json_response({"errors": [{"message": "Query too large"}]}, status=422)
-        return web.json_response(self.graphql_handler(body))
+        reply = self.graphql_handler(body)
+        status, document = reply if isinstance(reply, tuple) else (200, reply)
+        return web.json_response(document, status=status)
 
     async def _unknown_route(self, request: web.Request) -> web.Response:
         return web.json_response({"error": "404 Not Found"}, status=404)
@@ -747,4 +782,101 @@ def _graphql_without_work_items(body: JSON) -> JSON:
         "message": "Field 'workItems' doesn't exist on type 'Project'",
         "locations": [{"line": 1, "column": 1}], "path": ["query", "project", "workItems"],
         "extensions": {"code": "undefinedField", "typeName": "Project", "fieldName": "workItems"},
+    }]}
+
+
+# -- GraphQL work items ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GraphQLBatch:
+    """One workItems request as the simulator saw it: which items, and what it answered."""
+
+    project: str
+    iids: tuple[int, ...]
+    first: int | None
+    outcome: str  # ok | complexity | timeout
+
+
+class WorkItemsGraphQL:
+    """`project(fullPath:) { workItems(iids:, first:) { nodes { iid widgets { ... on WorkItemWidgetStatus ...`.
+
+    Its limits are GitLab's, made tunable: a query's complexity is `base_complexity + first *
+    complexity_per_item` against `max_complexity` (the error text is GitLab's); batches larger than
+    `timeout_above`, or holding a `poisoned` item, answer GitLab's 503 timeout. `widget=False` is a GitLab
+    Free namespace (no status widget on any item); `category=False` is GitLab before 18.1. Every request
+    is logged in `batches`.
+    """
+
+    def __init__(self, sim: GitLabSimulator, *, max_complexity: int = 250, complexity_per_item: int = 2,
+                 base_complexity: int = 5, timeout_above: int | None = None, widget: bool = True,
+                 category: bool = True) -> None:
+        self._sim = sim
+        self.max_complexity = max_complexity
+        self.complexity_per_item = complexity_per_item
+        self.base_complexity = base_complexity
+        self.timeout_above = timeout_above
+        self.widget = widget
+        self.category = category
+        self.statuses: dict[tuple[int, int], str | None] = {}  # unset items get a default from their state
+        self.poisoned: set[tuple[int, int]] = set()
+        self.batches: list[GraphQLBatch] = []
+
+    def status_of(self, project_id: int, issue: JSON) -> JSON | None:
+        """What GraphQL reports for this issue: {"name", "category"} or None."""
+        key = (project_id, issue["iid"])
+        name = self.statuses[key] if key in self.statuses else _default_status(issue)
+        if name is None:
+            return None
+        return {"name": name, "category": WORK_ITEM_STATUSES[name]} if self.category else {"name": name}
+
+    def __call__(self, body: JSON) -> GraphQLReply:
+        query = str(body.get("query", ""))
+        variables = body.get("variables") or {}
+        if "workItems" not in query:
+            return {"errors": [{"message": "this simulator answers only project workItems queries"}]}
+        if not self.category and re.search(r"\bcategory\b", query):
+            return _undefined_field("category", "WorkItemStatus")
+        project = self._sim_project(str(variables.get("fullPath", "")))
+        iids = tuple(int(i) for i in variables.get("iids") or ())
+        first = variables.get("first")
+        size = int(first) if first is not None else 100
+        complexity = self.base_complexity + size * self.complexity_per_item
+        path = project.path if project else str(variables.get("fullPath"))
+        if complexity > self.max_complexity:
+            self.batches.append(GraphQLBatch(path, iids, first, "complexity"))
+            return {"errors": [{"message": f"Query has complexity of {complexity}, which exceeds max complexity "
+                                           f"of {self.max_complexity}"}]}
+        too_slow = self.timeout_above is not None and size > self.timeout_above
+        if too_slow or (project and any((project.id, i) in self.poisoned for i in iids)):
+            self.batches.append(GraphQLBatch(path, iids, first, "timeout"))
+            return 503, {"errors": [{"message": GRAPHQL_TIMEOUT}]}
+        self.batches.append(GraphQLBatch(path, iids, first, "ok"))
+        if project is None:
+            return {"data": {"project": None}}
+        wanted = [project.issues[i] for i in sorted(set(iids), reverse=True) if i in project.issues][:size]
+        return {"data": {"project": {"workItems": {"nodes": [self._node(project, i) for i in wanted]}}}}
+
+    def _node(self, project: Project, issue: JSON) -> JSON:
+        # Other widgets match no fragment and come back as empty objects, as in GitLab.
+        widgets: list[JSON] = [{}, {}]
+        if self.widget:
+            widgets.insert(1, {"status": self.status_of(project.id, issue)})
+        return {"iid": str(issue["iid"]), "widgets": widgets}
+
+    def _sim_project(self, full_path: str) -> Project | None:
+        return next((p for p in self._sim.projects.values() if p.path.lower() == full_path.lower()), None)
+
+
+def _default_status(issue: JSON) -> str | None:
+    """Seeded statuses without bookkeeping: closed issues are Done, open ones To do or In progress."""
+    if issue["state"] == "closed":
+        return "Done"
+    return "In progress" if issue["iid"] % 3 == 0 else "To do"
+
+
+def _undefined_field(field_name: str, type_name: str) -> JSON:
+    return {"errors": [{
+        "message": f"Field '{field_name}' doesn't exist on type '{type_name}'",
+        "locations": [{"line": 1, "column": 1}],
+        "extensions": {"code": "undefinedField", "typeName": type_name, "fieldName": field_name},
     }]}

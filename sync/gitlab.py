@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC
@@ -38,6 +39,9 @@ _MAX_RETRY_AFTER = 300.0
 _MAX_PACE = 60.0
 _MESSAGE_LIMIT = 200
 _REDACTED = "[redacted]"
+
+# GitLab's GraphQL answers a query that ran past its time limit with a 503 whose error says this.
+_QUERY_TIMEOUT = b"Request timed out"
 
 _PERMANENT_CODES = {401: "gitlab_unauthorized", 403: "gitlab_forbidden", 404: "gitlab_not_found"}
 
@@ -106,7 +110,8 @@ class GitLabClient:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self._api = URL(base_url.rstrip("/")) / "api" / "v4"
+        self._root = URL(base_url.rstrip("/"))
+        self._api = self._root / "api" / "v4"
         self._token = token
         self._headers = {"PRIVATE-TOKEN": token, "Accept": "application/json", "User-Agent": "lore-gateway"}
         self._concurrency = concurrency
@@ -120,6 +125,7 @@ class GitLabClient:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._ratelimit: _RateLimit | None = None
         self.requests_made = 0
+        self.responses: Counter[int] = Counter()  # HTTP status -> responses received (for /metrics)
         self.last_ratelimit_remaining: int | None = None
 
     def __repr__(self) -> str:
@@ -197,6 +203,18 @@ class GitLabClient:
             raise self._transient("gitlab_bad_response", f"GET /projects/{ref}: expected a JSON object")
         return body
 
+    async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
+        """POST `body` as JSON to `path` under the instance root (GraphQL: "/api/graphql"); the JSON answer.
+
+        Retried like a GET, with one exception: a 503 whose body says the request timed out is GitLab
+        giving up on a query too expensive to finish in its 30 s; the same query would time out again,
+        so it raises at once (TransientError "gitlab_query_timeout") and the caller should ask for less.
+        """
+        if not path.startswith("/"):
+            path = "/" + path
+        url = URL(str(self._root) + path, encoded=True)
+        return (await self._request(path, None, url=url, payload=json.dumps(body).encode())).body
+
     def list_params(self, updated_after: str | None) -> dict[str, str | int]:
         """Query for an incremental issue/MR listing, oldest change first so a cursor can advance."""
         params: dict[str, str | int] = {
@@ -212,12 +230,15 @@ class GitLabClient:
 
     # -- one request, retried ----------------------------------------------------------------------
 
-    async def _request(self, path: str, params: Params | None) -> _Response:
-        url = self._url(path, params)
+    async def _request(
+        self, path: str, params: Params | None, *, url: URL | None = None, payload: bytes | None = None
+    ) -> _Response:
+        """GET `path` (under /api/v4), or with a `payload`, POST it as JSON to `url`."""
+        url = url or self._url(path, params)
         attempt = 1
         while True:
             try:
-                return await self._send_once(url, path)
+                return await self._send_once(url, path, payload)
             except _Retryable as failure:
                 if attempt >= self._retry.attempts:
                     raise failure.error from failure.__cause__
@@ -236,29 +257,39 @@ class GitLabClient:
         url = URL(str(self._api) + path, encoded=True)
         return url.with_query(dict(params)) if params else url
 
-    async def _send_once(self, url: URL, path: str) -> _Response:
+    async def _send_once(self, url: URL, path: str, payload: bytes | None = None) -> _Response:
         pause = self._ratelimit_pause()
         if pause > 0:
             await self._clock.sleep(pause)
         async with self._semaphore:
             self.requests_made += 1
-            status, headers, raw = await self._fetch(url, path)
+            status, headers, raw = await self._fetch(url, path, payload)
+        self.responses[status] += 1
         self._observe_ratelimit(headers)
-        return self._interpret(path, status, headers, raw)
+        return self._interpret(_method(payload, path), status, headers, raw)
 
-    async def _fetch(self, url: URL, path: str) -> tuple[int, Mapping[str, str], bytes]:
+    async def _fetch(
+        self, url: URL, path: str, payload: bytes | None = None
+    ) -> tuple[int, Mapping[str, str], bytes]:
         """One HTTP exchange; network failures become retryable errors naming the request."""
+        request = _method(payload, path)
+        headers = self._headers if payload is None else {**self._headers, "Content-Type": "application/json"}
         try:
-            async with self._http().get(
-                url, headers=self._headers, timeout=self._timeout, raise_for_status=False
+            async with self._http().request(
+                "GET" if payload is None else "POST",
+                url,
+                data=payload,
+                headers=headers,
+                timeout=self._timeout,
+                raise_for_status=False,
             ) as resp:
                 return resp.status, resp.headers, await resp.read()
         # TimeoutError first: aiohttp's ServerTimeoutError is also a ClientConnectionError.
         except TimeoutError as exc:
-            message = f"GET {path} timed out after {self._timeout_seconds}s"
+            message = f"{request} timed out after {self._timeout_seconds}s"
             raise _Retryable(self._transient("gitlab_timeout", message)) from exc
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-            message = f"GET {path} failed: {type(exc).__name__}: {exc}"
+            message = f"{request} failed: {type(exc).__name__}: {exc}"
             raise _Retryable(self._transient("gitlab_connection", message)) from exc
 
     def _http(self) -> aiohttp.ClientSession:
@@ -267,18 +298,21 @@ class GitLabClient:
             self._session = aiohttp.ClientSession()
         return self._session
 
-    def _interpret(self, path: str, status: int, headers: Mapping[str, str], raw: bytes) -> _Response:
+    def _interpret(self, request: str, status: int, headers: Mapping[str, str], raw: bytes) -> _Response:
+        """`request` is what error messages call it, e.g. "GET /projects/12"."""
         if 200 <= status < 300:
             try:
                 return _Response(json.loads(raw), headers)
             except ValueError as exc:
                 # A proxy's truncated or HTML answer; another try may well get the real one.
-                message = f"GET {path} -> HTTP {status}: body is not JSON"
+                message = f"{request} -> HTTP {status}: body is not JSON"
                 raise _Retryable(self._transient("gitlab_bad_response", message)) from exc
-        raise self._status_error(path, status, headers, raw)
+        raise self._status_error(request, status, headers, raw)
 
-    def _status_error(self, path: str, status: int, headers: Mapping[str, str], raw: bytes) -> Exception:
-        message = f"GET {path} -> HTTP {status}{_gitlab_detail(raw)}"
+    def _status_error(self, request: str, status: int, headers: Mapping[str, str], raw: bytes) -> Exception:
+        message = f"{request} -> HTTP {status}{_gitlab_detail(raw)}"
+        if status == 503 and request.startswith("POST") and _QUERY_TIMEOUT in raw:
+            return self._transient("gitlab_query_timeout", f"{request} -> HTTP 503: {_QUERY_TIMEOUT.decode()}")
         if status == 429:
             return _Retryable(self._transient("gitlab_rate_limited", message), self._retry_after(headers))
         if status >= 500:
@@ -342,6 +376,10 @@ class GitLabClient:
 
     def _permanent(self, code: str, message: str) -> PermanentError:
         return PermanentError(code, self._redact(message))
+
+
+def _method(payload: bytes | None, path: str) -> str:
+    return f"{'GET' if payload is None else 'POST'} {path}"
 
 
 def _gitlab_detail(raw: bytes) -> str:

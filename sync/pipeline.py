@@ -22,17 +22,20 @@ from typing import Any, Literal
 
 from sync import mirror
 from sync.clock import Clock, normalize_time
+from sync.config import EmbeddingsConfig
 from sync.db import Database
 from sync.documents import refresh_documents
+from sync.embeddings import SKIPPED as EMBEDDINGS_SKIPPED
+from sync.embeddings import EmbeddingClient, refresh_embeddings
 from sync.errors import PermanentError, SyncError
 from sync.gitlab import GitLabClient
 from sync.mirror import TABLE, Kind
+from sync.workitems import sync_work_item_status
 
 TargetKind = Literal["issue", "merge_request", "project"]
 Progress = Callable[[str, int, int], Awaitable[None]]
 DataChanged = Callable[[int, str, list[int]], None]
 MAX_REWALKS = 3
-EMBEDDINGS_UNAVAILABLE = "embeddings: not available in this version (the `full` profile ran as `balanced`)"
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,10 @@ class Pipeline:
         progress: Progress,
         data_changed: DataChanged,
         set_stage: Callable[[str], Awaitable[None]],
+        embeddings: EmbeddingsConfig | None = None,
     ) -> None:
         self._db = db
+        self._embeddings = embeddings or EmbeddingsConfig()
         self._client = client
         self._clock = clock
         self._configured = tuple(projects)
@@ -94,11 +99,12 @@ class Pipeline:
             for kind in ("issue", "merge_request"):
                 await self._stage(TABLE[kind])
                 await gather(self._sync_listing(pid, kind, request.full) for pid in projects)
+        warnings += await self._work_item_status(projects, request.full)
         if request.profile in ("balanced", "full"):
             await self._stage("documents")
             self.counts["documents"] += await refresh_documents(self._db, self._document_progress)
         if request.profile == "full":
-            warnings.append(EMBEDDINGS_UNAVAILABLE)
+            warnings += await self._embed()
         return Outcome(dict(self.counts), warnings)
 
     async def _stage(self, name: str) -> None:
@@ -108,6 +114,34 @@ class Pipeline:
 
     async def _document_progress(self, done: int, total: int) -> None:
         await self._progress("documents", done, total)
+
+    # -- enrichment stages (never fail the run: what they cannot do becomes a warning) ------------
+
+    async def _work_item_status(self, projects: list[int], refetch_all: bool) -> list[str]:
+        await self._stage("work_item_status")
+        result = await sync_work_item_status(
+            self._db,
+            self._client,
+            self._clock,
+            projects,
+            refetch_all=refetch_all,
+            progress=self._progress,
+            data_changed=self._data_changed,
+        )
+        self.counts["work_item_statuses"] += result.changed
+        return list(result.warnings)
+
+    async def _embed(self) -> list[str]:
+        config = self._embeddings
+        if not config.url:
+            return [EMBEDDINGS_SKIPPED]
+        await self._stage("embeddings")
+        async with EmbeddingClient(config.url, config.model) as client:
+            result = await refresh_embeddings(
+                self._db, client, batch_size=config.batch_size, progress=self._progress
+            )
+        self.counts["embeddings"] += result.embedded
+        return list(result.warnings)
 
     # -- projects ---------------------------------------------------------------------------------
 

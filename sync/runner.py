@@ -130,6 +130,7 @@ class SyncRunner:
             progress=ProgressThrottle(self._bus, run_id),
             data_changed=data_changed,
             set_stage=set_stage,
+            embeddings=self._config.embeddings,
         )
 
     def _client_for_run(self) -> AbstractAsyncContextManager[GitLabClient]:

@@ -101,6 +101,6 @@ def _warnings(config: Config) -> list[str]:
     notes = []
     if not config.gitlab.enabled:
         notes.append("sync is disabled until gitlab.url and a token are set")
-    if config.sync.profile == "full":
-        notes.append("profile full: the embeddings stage is not available in this version; runs as balanced")
+    if config.sync.profile == "full" and not config.embeddings.url:
+        notes.append("profile full without embeddings.url: the embeddings stage is skipped")
     return notes

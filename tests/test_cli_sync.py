@@ -62,10 +62,10 @@ async def test_status_json_after_a_sync_shows_it(tmp_path, gitlab_url):
     assert status["last_success_at"].endswith("Z") and status["pending_events"] == 0
 
 
-async def test_the_full_profile_says_in_json_that_embeddings_are_unavailable(tmp_path, gitlab_url):
+async def test_the_full_profile_says_in_json_that_embeddings_were_skipped(tmp_path, gitlab_url):
     code, out, err = await cli(cli_env(tmp_path, gitlab_url), "sync", "--profile", "full", "--json")
     assert code == 0
-    assert any("not available" in w for w in orjson.loads(out)["warnings"])
+    assert any("embeddings: skipped" in w for w in orjson.loads(out)["warnings"])
     assert "warning: embeddings" in err
 
 

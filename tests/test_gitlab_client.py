@@ -203,6 +203,15 @@ async def test_a_500_then_200_is_retried_and_returns_the_data(serve, make_client
     assert 0.4 <= clock.sleeps[0] <= 0.6
 
 
+async def test_every_response_is_counted_by_its_status_retries_included(serve, make_client):
+    handler, _ = scripted(json_response({"message": "boom"}, status=500), json_response({"ok": True}))
+    client = make_client(await serve(handler), clock=RecordingClock())
+
+    await client.get("/projects/12")
+
+    assert client.responses == {500: 1, 200: 1}
+
+
 async def test_429_with_retry_after_sleeps_exactly_that_long(serve, make_client):
     limited = text_response("Retry later", status=429, **{"Retry-After": "2"})
     handler, _ = scripted(limited, json_response([1]))
@@ -546,3 +555,65 @@ async def test_the_token_never_appears_in_errors_logs_or_repr(serve, make_client
     assert TOKEN not in str(caught.value)
     assert TOKEN not in caplog.text and "rejected" in caplog.text
     assert TOKEN not in repr(client)
+
+
+# -- post_json (GraphQL) ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def serve_post(aiohttp_server):
+    """Start a server whose every POST goes to `handler`; returns its base URL."""
+
+    async def start(handler: Handler) -> str:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", handler)
+        server = await aiohttp_server(app)
+        return str(server.make_url("")).rstrip("/")
+
+    return start
+
+
+async def test_post_json_sends_json_to_the_instance_root_with_the_token(serve_post, make_client):
+    seen: list[tuple[str, Any, str | None]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request.path, await request.json(), request.headers.get("PRIVATE-TOKEN")))
+        return web.json_response({"data": {"ok": True}})
+
+    client = make_client(await serve_post(handler))
+
+    answer = await client.post_json("/api/graphql", {"query": "{ ok }", "variables": {}})
+
+    assert answer == {"data": {"ok": True}}
+    assert seen == [("/api/graphql", {"query": "{ ok }", "variables": {}}, TOKEN)]
+
+
+async def test_post_json_does_not_retry_a_graphql_timeout_but_says_so(serve_post, make_client):
+    body = {"errors": [{"message": "Request timed out. Please try a less complex query or a smaller set of records."}]}
+    handler, seen = scripted(json_response(body, status=503))
+    client = make_client(await serve_post(handler))
+
+    with pytest.raises(TransientError) as caught:
+        await client.post_json("/api/graphql", {"query": "{ big }"})
+
+    assert caught.value.code == "gitlab_query_timeout"
+    assert "POST /api/graphql" in caught.value.message
+    assert len(seen) == 1
+
+
+async def test_post_json_retries_other_server_errors_like_a_get(serve_post, make_client):
+    handler, seen = scripted(json_response({"message": "502 Bad Gateway"}, status=502), json_response({"data": {}}))
+    client = make_client(await serve_post(handler))
+
+    assert await client.post_json("/api/graphql", {"query": "{ x }"}) == {"data": {}}
+    assert len(seen) == 2
+
+
+async def test_post_json_to_a_missing_endpoint_is_a_permanent_not_found(serve_post, make_client):
+    handler, _ = scripted(json_response({"error": "404 Not Found"}, status=404))
+    client = make_client(await serve_post(handler))
+
+    with pytest.raises(PermanentError) as caught:
+        await client.post_json("/api/graphql", {"query": "{ x }"})
+
+    assert caught.value.code == "gitlab_not_found" and caught.value.message.startswith("POST /api/graphql")

@@ -1,0 +1,206 @@
+"""Full-text search over the documents index (FTS5, bm25): the engine behind GET /api/v1/search.
+
+The query is FTS5 syntax passed through (phrases, AND/OR/NOT, prefix*, NEAR), except that words FTS5
+cannot take bare (src/auth/session.py, token-refresh) are quoted first; what is still malformed raises
+SearchQueryError (a 400). Ranking: exact title matches first, then bm25 with titles weighted 10 to 1.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from sync.db import Database
+
+KINDS = ("issue", "merge_request", "note")
+TITLE_WEIGHT = 10.0
+BODY_WEIGHT = 1.0
+SNIPPET_TOKENS = 16
+MARK_OPEN, MARK_CLOSE, ELLIPSIS = "<mark>", "</mark>", "…"
+
+# A quoted phrase (closed or not), a parenthesis or comma, or a run of anything else.
+_TOKEN = re.compile(r'"(?:[^"]|"")*"|"[^"]*$|[(),]|[^\s"(),]+')
+# What FTS5 takes bare: a word (optionally a `title:`/`body:` column filter, `^` anchor, `*` prefix).
+_BAREWORD = re.compile(r"(?:(?:title|body):)?\^?\w+\*?")
+_OPERATORS = frozenset({"AND", "OR", "NOT", "NEAR", "+"})
+# The messages SQLite gives for a malformed MATCH expression (any other OperationalError is ours).
+_SYNTAX_ERRORS = ("fts5:", "unterminated string", "unknown special query", "no such column")
+
+
+class SearchQueryError(ValueError):
+    """The search text is not a query FTS5 can run; the message says why, for a person."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    type: str  # issue | merge_request | note
+    project_id: int
+    iid: int  # the item's, or the note's parent's
+    note_id: int | None
+    parent_type: str  # issue | merge_request (a note's parent; an item's own type)
+    title: str
+    snippet: str
+    score: float  # higher is better: -bm25 for text search, cosine similarity for semantic search
+    web_url: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "project_id": self.project_id,
+            "iid": self.iid,
+            "note_id": self.note_id,
+            "parent_type": self.parent_type,
+            "title": self.title,
+            "snippet": self.snippet,
+            "score": self.score,
+            "web_url": self.web_url,
+        }
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    items: list[SearchHit]
+    next_offset: int | None  # where the next page starts, None on the last page
+
+
+def fts_query(text: str) -> str:
+    """The user's query as an FTS5 MATCH expression (words FTS5 cannot take bare are quoted)."""
+    parts = []
+    for token in _TOKEN.findall(text):
+        if token.startswith('"') or token in ("(", ")", ",") or token in _OPERATORS or _BAREWORD.fullmatch(token):
+            parts.append(token)
+        else:
+            parts.append('"' + token + '"')
+    query = " ".join(parts)
+    if not query:
+        raise SearchQueryError("the query is empty")
+    return query
+
+
+async def search(
+    db: Database,
+    text: str,
+    *,
+    kind: str | None = None,
+    project_id: int | None = None,
+    limit: int = 20,
+    offset: int = 0,
+) -> SearchPage:
+    """One page of documents matching `text`, best first; SearchQueryError if it is malformed.
+
+    The page is the exact title matches, then everything else by bm25; `offset` counts through both.
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    match = fts_query(text)
+    exact = await _exact_title_hits(db, match, _plain(text), kind, project_id)
+    head = exact[offset : offset + limit]
+    wanted = limit - len(head)
+    rest = await _ranked(
+        db, match, kind, project_id, [h[0] for h in exact], wanted + 1, max(0, offset - len(exact))
+    )
+    rows = head + rest[:wanted]
+    more = len(rest) > wanted
+    return SearchPage([_hit(row) for row in rows], offset + limit if more else None)
+
+
+_SELECT = (
+    "SELECT d.id, d.kind, d.project_id, d.iid, d.note_id, d.parent_kind, d.title, d.web_url,"
+    f" snippet(documents_fts, 1, ?, ?, ?, {SNIPPET_TOKENS}), documents_fts.rank"
+    # CROSS JOIN keeps the FTS index in the outer loop, so FTS5 itself yields rows in rank order:
+    # no sort, and a snippet is made only for the rows returned (not for every match).
+    " FROM documents_fts CROSS JOIN documents d ON d.id = documents_fts.rowid"
+    f" WHERE documents_fts MATCH ? AND documents_fts.rank MATCH 'bm25({TITLE_WEIGHT}, {BODY_WEIGHT})'"
+)
+
+
+def _filters(kind: str | None, project_id: int | None) -> tuple[str, list[Any]]:
+    sql, params = "", []
+    if kind is not None:
+        sql += " AND d.kind = ?"
+        params.append(kind)
+    if project_id is not None:
+        sql += " AND d.project_id = ?"
+        params.append(project_id)
+    return sql, params
+
+
+async def _ranked(
+    db: Database,
+    match: str,
+    kind: str | None,
+    project_id: int | None,
+    exclude: list[int],
+    limit: int,
+    offset: int,
+) -> list[sqlite3.Row]:
+    filters, params = _filters(kind, project_id)
+    if exclude:
+        filters += f" AND d.id NOT IN ({','.join('?' * len(exclude))})"
+        params += exclude
+    sql = f"{_SELECT}{filters} ORDER BY documents_fts.rank LIMIT ? OFFSET ?"
+    return await _run(db, sql, (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, *params, limit, offset))
+
+
+async def _exact_title_hits(
+    db: Database, match: str, plain: str, kind: str | None, project_id: int | None
+) -> list[sqlite3.Row]:
+    """Issues and MRs whose whole title is the query, that also match it (an index lookup each)."""
+    if not plain or kind == "note":
+        return []
+    filters, params = _filters(kind, project_id)
+    ids = await _run(
+        db,
+        f"SELECT d.id FROM documents d WHERE d.title = ? COLLATE NOCASE AND d.kind != 'note'{filters} ORDER BY d.id",
+        (plain, *params),
+    )
+    hits = []
+    for (doc_id,) in ids:
+        # One row each, by rowid: FTS5 seeks the doclists to it instead of walking every match.
+        rows = await _run(
+            db, f"{_SELECT} AND documents_fts.rowid = ?", (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, doc_id)
+        )
+        hits += rows
+    return hits
+
+
+def _hit(row: sqlite3.Row) -> SearchHit:
+    _, kind, project_id, iid, note_id, parent_kind, title, web_url, snippet, rank = row
+    score = -rank
+    return SearchHit(
+        type=kind,
+        project_id=project_id,
+        iid=iid,
+        note_id=note_id or None,
+        parent_type=parent_kind,
+        title=title,
+        snippet=snippet or "",
+        score=float(f"{score:.6g}"),
+        web_url=web_url,
+    )
+
+
+async def _run(db: Database, sql: str, params: tuple) -> list[sqlite3.Row]:
+    try:
+        return await db.fetchall(sql, params)
+    except sqlite3.OperationalError as exc:
+        message = str(exc)
+        if message.startswith(_SYNTAX_ERRORS):
+            raise SearchQueryError(
+                f"not a valid search query ({message}): quote a phrase with \"...\", and put AND, OR,"
+                " NOT between two terms"
+            ) from exc
+        raise
+
+
+def _plain(text: str) -> str:
+    """The query as words, for comparing with titles (quotes and extra spaces dropped)."""
+    return " ".join(text.replace('"', " ").split())
+
+
+async def project_paths(db: Database) -> dict[int, str]:
+    """path_with_namespace of every mirrored project, by id (for showing results to people)."""
+    rows = await db.fetchall("SELECT id, path_with_namespace FROM projects")
+    return {row[0]: row[1] for row in rows}

@@ -1,0 +1,142 @@
+"""Full-text search: query rewriting, ranking, filters, snippets, paging, and freshness after a sync."""
+
+from __future__ import annotations
+
+import pytest
+
+from sync.clock import SystemClock
+from sync.db import Database
+from sync.events import EventBus
+from sync.pipeline import SyncRequest
+from sync.runner import SyncRunner
+from sync.search import SearchQueryError, fts_query, search
+
+
+async def add_documents(db: Database, *docs: tuple[str, int, int, int, str, str]) -> None:
+    """(kind, project_id, iid, note_id, title, body) rows, straight into the index."""
+    async with db.transaction() as conn:
+        await conn.executemany(
+            "INSERT INTO documents (kind, project_id, iid, note_id, parent_kind, title, body, web_url, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, '2026-01-01T00:00:00.000Z')",
+            [
+                (kind, pid, iid, nid, "merge_request" if kind == "merge_request" else "issue", title, body,
+                 f"http://gitlab.test/{pid}/{iid}#{nid}")
+                for kind, pid, iid, nid, title, body in docs
+            ],
+        )
+
+
+# -- the query language -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "query"),
+    [
+        ("token refresh", "token refresh"),
+        ("src/auth/session.py", '"src/auth/session.py"'),
+        ("token-refresh OR oauth", '"token-refresh" OR oauth'),
+        ('"exact phrase" tok*', '"exact phrase" tok*'),
+        ("title:token NOT body", "title:token NOT body"),
+        ("NEAR(token refresh, 5)", "NEAR ( token refresh , 5 )"),
+    ],
+)
+def test_words_fts5_cannot_take_bare_are_quoted_and_its_syntax_is_kept(text, query):
+    assert fts_query(text) == query
+
+
+@pytest.mark.parametrize("text", ['"unbalanced quote', "AND", "token AND", "NOT token", "(token", "token )"])
+async def test_a_malformed_query_raises_a_search_query_error_that_says_what_to_do(db, text):
+    await add_documents(db, ("issue", 1, 1, 0, "Fix token refresh", "body"))
+    with pytest.raises(SearchQueryError, match="not a valid search query"):
+        await search(db, text)
+
+
+async def test_an_empty_query_is_an_error(db):
+    with pytest.raises(SearchQueryError, match="empty"):
+        await search(db, "   ")
+
+
+# -- ranking ----------------------------------------------------------------------------------------
+
+
+async def test_an_exact_title_match_ranks_first_even_against_bodies_full_of_the_words(db):
+    await add_documents(
+        db,
+        ("issue", 1, 1, 0, "Fix token refresh in the session layer", "token refresh " * 20),
+        ("merge_request", 1, 2, 0, "Token refresh retries", "token refresh token refresh"),
+        ("note", 1, 1, 11, "Fix token refresh in the session layer", "token refresh is broken, token refresh!"),
+        ("issue", 1, 3, 0, "Token refresh", "Nothing more to say."),
+    )
+    page = await search(db, "token refresh")
+    assert (page.items[0].type, page.items[0].iid) == ("issue", 3)
+    assert len(page.items) == 4
+
+
+async def test_a_title_hit_outranks_the_same_word_in_a_body(db):
+    await add_documents(
+        db,
+        ("issue", 1, 1, 0, "Unrelated thing", "we saw a quokka near the build server yesterday afternoon"),
+        ("issue", 1, 2, 0, "Quokka sighting report", "details to follow about the build server afternoon"),
+    )
+    page = await search(db, "quokka")
+    assert [hit.iid for hit in page.items] == [2, 1]
+    assert page.items[0].score > page.items[1].score > 0
+
+
+async def test_a_note_does_not_match_its_parents_title_words(db):
+    await add_documents(db, ("note", 1, 1, 11, "Zeppelin mooring", "a comment about something else"))
+    assert (await search(db, "zeppelin")).items == []
+
+
+# -- filters, snippets, paging ----------------------------------------------------------------------
+
+
+async def test_type_and_project_filters_narrow_the_results(db):
+    await add_documents(
+        db,
+        ("issue", 1, 1, 0, "Cache stampede", "cache"),
+        ("merge_request", 1, 2, 0, "Fix cache stampede", "cache"),
+        ("note", 1, 1, 5, "Cache stampede", "the cache again"),
+        ("issue", 2, 1, 0, "Cache sizing", "cache"),
+    )
+    assert {h.type for h in (await search(db, "cache", kind="note")).items} == {"note"}
+    assert {h.project_id for h in (await search(db, "cache", project_id=2)).items} == {2}
+    notes = (await search(db, "cache", kind="note", project_id=1)).items
+    assert [(n.iid, n.note_id, n.parent_type) for n in notes] == [(1, 5, "issue")]
+
+
+async def test_results_carry_the_contract_fields_and_a_highlighted_snippet(db):
+    await add_documents(db, ("issue", 7, 42, 0, "Login loop", "After the upgrade the login page loops forever."))
+    hit = (await search(db, "loops")).items[0]
+    assert set(hit.to_json()) >= {"type", "project_id", "iid", "note_id", "title", "snippet", "score", "web_url"}
+    assert hit.note_id is None and hit.web_url == "http://gitlab.test/7/42#0"
+    assert "<mark>loops</mark>" in hit.snippet
+
+
+async def test_pages_follow_one_another_without_overlap(db):
+    await add_documents(db, *[("issue", 1, i, 0, f"Flaky test number {i}", "flaky") for i in range(1, 26)])
+    first = await search(db, "flaky", limit=10)
+    second = await search(db, "flaky", limit=10, offset=first.next_offset or 0)
+    third = await search(db, "flaky", limit=10, offset=second.next_offset or 0)
+    seen = [h.iid for page in (first, second, third) for h in page.items]
+    assert len(seen) == len(set(seen)) == 25
+    assert (first.next_offset, second.next_offset, third.next_offset) == (10, 20, None)
+
+
+# -- freshness through a real sync ------------------------------------------------------------------
+
+
+async def test_a_changed_title_is_found_by_its_new_words_after_the_next_sync_and_not_its_old_ones(
+    simulator, config_for, db
+):
+    simulator.add_issue(1001, title="Quokka migration stalls", description="No details yet.")
+    sync = SyncRunner(db, EventBus(), SystemClock(), config_for())
+    await sync.run(SyncRequest(profile="balanced"))
+    assert [h.title for h in (await search(db, "quokka")).items] == ["Quokka migration stalls"]
+
+    simulator.update_issue(1001, 31, title="Wombat burrow collapses")
+    await sync.run(SyncRequest(profile="balanced"))
+
+    assert (await search(db, "quokka")).items == []
+    found = (await search(db, "wombat burrow")).items
+    assert [(h.type, h.iid, h.title) for h in found] == [("issue", 31, "Wombat burrow collapses")]
