@@ -1,0 +1,114 @@
+"""Rate limits for `/api/v1`: one budget per token, one per address for everyone else.
+
+The limit is decided in a middleware, before authentication, so even a flood of bad tokens costs a
+budget: a bearer token counts as its own only once it has verified (remembered for a few seconds, so
+the store is not asked every request); a missing or bad one is charged to the caller's address. The
+RateLimit-* headers go on in `on_response_prepare`, so every response carries them: errors, 304s and
+streams whose headers were sent by the handler.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway import ratelimit
+from gateway.auth import TOKENS
+from gateway.http import ApiError, Handler
+from gateway.keys import CLOCK, CONFIG
+from gateway.ratelimit import LIMITER, Decision
+from sync.clock import Clock
+
+PREFIX = "/api/v1"
+IDENTITY_TTL = 5.0  # seconds a verified token is known by its id without asking the token store again
+MAX_IDENTITIES = 4096
+
+DECISION = web.RequestKey("ratelimit_decision", Decision)
+
+
+class Identities:
+    """Bearer token text -> the verified token's id, for a short while; only verified tokens are kept,
+    so made-up tokens cannot fill it."""
+
+    def __init__(self, clock: Clock, *, ttl: float = IDENTITY_TTL, max_entries: int = MAX_IDENTITIES) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._max = max_entries
+        self._known: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def get(self, token: str) -> int | None:
+        entry = self._known.get(token)
+        if entry is None or self._clock.monotonic() - entry[0] >= self._ttl:
+            return None
+        return entry[1]
+
+    def remember(self, token: str, token_id: int) -> None:
+        self._known[token] = (self._clock.monotonic(), token_id)
+        self._known.move_to_end(token)
+        while len(self._known) > self._max:
+            self._known.popitem(last=False)
+
+
+IDENTITIES = web.AppKey("api_identities", Identities)
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    token = credentials.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def bucket(request: web.Request) -> str:
+    """Whose budget this request spends: its token's, or its address's."""
+    token = _bearer(request)
+    if token is not None:
+        identities = request.app[IDENTITIES]
+        token_id = identities.get(token)
+        if token_id is None:
+            principal = await request.app[TOKENS].verify(token)
+            if principal is not None:
+                token_id = principal.token_id
+                identities.remember(token, token_id)
+        if token_id is not None:
+            return f"api-token:{token_id}"
+    return f"api-addr:{request.remote or 'unknown'}"
+
+
+def _is_api(path: str) -> bool:
+    return path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/")
+
+
+@web.middleware
+async def api_rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if not _is_api(request.path):
+        return await handler(request)
+    decision = await request.app[LIMITER].hit(request.app[CONFIG].ratelimit.api, await bucket(request))
+    request[DECISION] = decision
+    if not decision.allowed:
+        raise ApiError(429, "rate_limited",
+                       f"rate limit exceeded; retry in {decision.reset_after} s",
+                       headers=ratelimit.headers(decision))
+    return await handler(request)
+
+
+async def _add_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    decision = request.get(DECISION)
+    if decision is not None:
+        response.headers.update(ratelimit.headers(decision))
+
+
+async def _identities_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[IDENTITIES] = Identities(app[CLOCK])
+    yield
+
+
+def setup(app: web.Application) -> None:
+    """The limiter (shared with the webhooks), the middleware and the header hook. Safe to call twice."""
+    if api_rate_limit in app.middlewares:
+        return
+    ratelimit.setup(app)
+    app.cleanup_ctx.append(_identities_ctx)
+    app.middlewares.append(api_rate_limit)
+    app.on_response_prepare.append(_add_headers)

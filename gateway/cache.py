@@ -1,0 +1,157 @@
+"""Conditional GETs and the response cache: strong ETags from data versions, 304s, and hot bodies in memory.
+
+An ETag is a hash of what a response depends on (the path, the normalized query, the data versions of
+the resources it reads, the representation), never of the body, so `If-None-Match` is answered from
+memory without rendering or touching SQLite. The cache is keyed by the same things plus the caller's
+scopes: a version bump changes the key, so stale entries are never served, only aged out (LRU, bounded
+in bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import sqlite3
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.auth import PRINCIPAL
+from gateway.http import ApiError
+from gateway.keys import BUS, CLOCK, DB
+from sync.versions import DataVersions, VersionKey
+
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+ENTRY_OVERHEAD = 256  # bytes charged per entry on top of its body: the key, the tuple, the dict slot
+# Bump when the JSON shape of any response changes, so no client keeps a body of the old shape.
+REPRESENTATION = "v1"
+CACHE_CONTROL = "private, no-cache"  # per-token answers: revalidate every time (cheap: a 304)
+
+CACHE_MAX_BYTES = web.AppKey("cache_max_bytes", int)  # set before start-up; 0 turns the cache off
+VERSIONS = web.AppKey("data_versions", DataVersions)
+
+Render = Callable[[], Awaitable[bytes]]
+CacheKey = tuple[str, str, tuple[int, ...], frozenset[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    body: bytes
+    etag: str
+
+
+class ResponseCache:
+    """An LRU of response bodies bounded by their total size; `max_bytes=0` caches nothing."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+        self._entries: OrderedDict[CacheKey, Cached] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: CacheKey) -> Cached | None:
+        if not self.max_bytes:
+            return None
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def put(self, key: CacheKey, entry: Cached) -> None:
+        """Keep `entry`, evicting the least recently used; one bigger than a quarter of the budget is not
+        kept (it would flush everything else for one response)."""
+        size = len(entry.body) + ENTRY_OVERHEAD
+        if size > self.max_bytes // 4:
+            return
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old.body) + ENTRY_OVERHEAD
+        self._entries[key] = entry
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, evicted = self._entries.popitem(last=False)
+            self.bytes -= len(evicted.body) + ENTRY_OVERHEAD
+            self.evictions += 1
+
+
+RESPONSE_CACHE = web.AppKey("response_cache", ResponseCache)
+
+
+def make_etag(path: str, query: str, versions: tuple[int, ...]) -> str:
+    """A strong ETag for this path, normalized query and data versions."""
+    text = f"{REPRESENTATION}|{path}|{query}|{versions}".encode()
+    digest = hashlib.blake2b(text, digest_size=15).digest()
+    return '"' + base64.urlsafe_b64encode(digest).decode() + '"'
+
+
+def matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 If-None-Match: `*`, or any listed tag equal to ours by weak comparison."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))
+
+
+async def conditional_json(
+    request: web.Request, *, path: str, query: str, depends_on: Iterable[VersionKey], render: Render
+) -> web.Response:
+    """Answer a GET: 304 when the client's tag is current, else a cached or freshly rendered body.
+
+    `render` runs only on a cache miss; an ApiError it raises (a 404) is answered and never cached.
+    """
+    app = request.app
+    versions = await app[VERSIONS].snapshot(depends_on)
+    cache = app[RESPONSE_CACHE]
+    key: CacheKey = (path, query, versions, request[PRINCIPAL].scopes)
+    entry = cache.get(key)
+    etag = make_etag(path, query, versions) if entry is None else entry.etag  # a hit saves the hashing
+    if_none_match = request.headers.get("If-None-Match")
+    # `*` matches only a representation that exists: without a cached one, render first (it may 404).
+    known = entry is not None or if_none_match is None or if_none_match.strip() != "*"
+    if known and matches(if_none_match, etag):
+        return _not_modified(etag)
+    if entry is None:
+        entry = Cached(await _render(render), etag)
+        cache.put(key, entry)
+        if matches(if_none_match, etag):
+            return _not_modified(etag)
+    return web.Response(
+        body=entry.body,
+        headers={"Content-Type": "application/json", "ETag": etag, "Cache-Control": CACHE_CONTROL},
+    )
+
+
+def _not_modified(etag: str) -> web.Response:
+    return web.Response(status=304, headers={"ETag": etag, "Cache-Control": CACHE_CONTROL})
+
+
+async def _render(render: Render) -> bytes:
+    try:
+        return await render()
+    except sqlite3.OperationalError as err:
+        # A locked or unavailable store is a passing condition, not a bug in the request.
+        raise ApiError(503, "not_ready", f"the store is busy or unavailable: {err}",
+                       headers={"Retry-After": "1"}) from None
+
+
+async def cache_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context (after the database): the in-memory data versions and the response cache."""
+    versions = DataVersions(app[DB], app[CLOCK])
+    await versions.start()
+    app[VERSIONS] = versions
+    app[RESPONSE_CACHE] = ResponseCache(app.get(CACHE_MAX_BYTES, DEFAULT_MAX_BYTES))
+    app[BUS].add_listener(versions.on_event)
+    yield
+    app[BUS].remove_listener(versions.on_event)
+    await versions.close()
