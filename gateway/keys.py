@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from sync.clock import Clock
 from sync.config import Config
 from sync.db import Database
 from sync.events import EventBus
 from sync.gitlab import GitLabClient
+from sync.redis_lock import LeaderLease
 from sync.runner import SyncRunner
 from sync.scheduler import Scheduler
 
@@ -19,3 +21,6 @@ BUS = web.AppKey("bus", EventBus)
 GITLAB = web.AppKey("gitlab", GitLabClient)
 RUNNER = web.AppKey("runner", SyncRunner)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+REDIS = web.AppKey("redis", Redis)  # set only with a [redis] url
+LEADER = web.AppKey("leader_lease", LeaderLease)  # set only with a [redis] url and a scheduler
+WORKERS = web.AppKey("workers", int)  # processes serving this port (serve --workers N)

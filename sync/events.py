@@ -43,20 +43,34 @@ class Subscription:
 
 
 class EventBus:
+    """One process's bus. A shared bus (sync.redis_bus) subclasses it and keeps this public API."""
+
     def __init__(self, *, buffer_size: int = 2048, first_id: int = 1) -> None:
         self._ids: Iterator[int] = itertools.count(first_id)
         self._buffer: deque[Event] = deque(maxlen=buffer_size)
         self._subscribers: set[Subscription] = set()
         self._listeners: list[Callable[[Event], None]] = []
+        self._remote_listeners: list[Callable[[Event], None]] = []
         self.dropped_subscribers = 0
+
+    @property
+    def buffer_size(self) -> int:
+        return self._buffer.maxlen or 0
 
     def publish(self, name: str, data: dict[str, Any]) -> Event:
         event = Event(name, data, next(self._ids))
-        self._buffer.append(event)
+        self._notify(event)
+        self._record(event)
+        return event
+
+    def _notify(self, event: Event) -> None:
         for listener in self._listeners:
             listener(event)
+
+    def _record(self, event: Event) -> None:
+        """Into the ring buffer and out to every subscriber; ids must only grow."""
+        self._buffer.append(event)
         self._deliver(event)
-        return event
 
     def add_listener(self, listener: Callable[[Event], None]) -> None:
         """A synchronous in-process callback for every event (the scheduler's doorbell); never dropped.
@@ -68,6 +82,22 @@ class EventBus:
     def remove_listener(self, listener: Callable[[Event], None]) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
+
+    def add_remote_listener(self, listener: Callable[[Event], None]) -> None:
+        """A callback for events other processes published (a shared bus only; this one has none).
+
+        Listeners of `add_listener` see what this process did (its scheduler's doorbell, its metrics);
+        a remote listener sees what the others did, e.g. a data change that must invalidate a cache here.
+        """
+        self._remote_listeners.append(listener)
+
+    def remove_remote_listener(self, listener: Callable[[Event], None]) -> None:
+        if listener in self._remote_listeners:
+            self._remote_listeners.remove(listener)
+
+    def _notify_remote(self, event: Event) -> None:
+        for listener in self._remote_listeners:
+            listener(event)
 
     def _deliver(self, event: Event) -> None:
         for sub in list(self._subscribers):

@@ -4,18 +4,21 @@ The holder refreshes `heartbeat_at` while it works. A lock whose heartbeat is
 older than `sync.stale_lock` belongs to a process that died (kill -9, power
 loss): the next one to ask takes it over, and marks the dead owner's running
 sync as interrupted in the same transaction, so nothing reads a run that claims
-to be running forever.
+to be running forever. With Redis configured, a lease there (sync.redis_lock) is taken first, for
+hosts that do not share this database's locks; losing Redis leaves the row as the guard.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Protocol
 
 from sync.clock import Clock
 from sync.db import Database
@@ -23,6 +26,26 @@ from sync.errors import SyncInProgress
 from sync.runs import mark_interrupted
 
 SYNC_LOCK = "sync"
+
+log = logging.getLogger("lore_gateway.lock")
+
+
+class LockUnavailable(Exception):
+    """The distributed lock's store could not be asked (Redis down): not a refusal."""
+
+
+class DistributedLock(Protocol):
+    """A lease shared beyond this database (sync.redis_lock.RedisLock); raises LockUnavailable."""
+
+    token: int | None
+
+    async def try_acquire(self) -> int | None: ...
+
+    async def holder(self) -> str | None: ...
+
+    async def renew(self) -> bool: ...
+
+    async def release(self) -> None: ...
 
 
 def new_owner() -> str:
@@ -40,6 +63,8 @@ class SyncLock:
         self.name = name
         self.stale_after = stale_after
         self.interrupted_runs: list[int] = []
+        self.distributed: DistributedLock | None = None  # taken before the row when set
+        self.fence: int | None = None  # the distributed lock's fencing token while held
 
     @property
     def heartbeat_every(self) -> float:
@@ -97,16 +122,47 @@ class SyncLock:
 
     @asynccontextmanager
     async def held(self, *, wait: bool = False) -> AsyncIterator[SyncLock]:
-        """Hold the lock for the block, heartbeating in the background."""
-        await self.acquire(wait=wait)
-        beat = asyncio.create_task(self._beat())
+        """Hold the lock for the block (the distributed lease first, if any), heartbeating both."""
+        await self._acquire_distributed(wait=wait, poll=1.0)
         try:
-            yield self
+            await self.acquire(wait=wait)
+            beat = asyncio.create_task(self._beat())
+            try:
+                yield self
+            finally:
+                beat.cancel()
+                with suppress(asyncio.CancelledError):
+                    await beat
+                await self.release()
         finally:
-            beat.cancel()
-            with suppress(asyncio.CancelledError):
-                await beat
-            await self.release()
+            await self._release_distributed()
+
+    async def _acquire_distributed(self, *, wait: bool, poll: float) -> None:
+        """Take the lease or raise SyncInProgress; an unreachable store lets the row decide alone."""
+        self.fence = None
+        if self.distributed is None:
+            return
+        while True:
+            try:
+                self.fence = await self.distributed.try_acquire()
+                if self.fence is not None:
+                    return
+                holder = await self.distributed.holder()
+            except LockUnavailable as err:
+                log.warning("distributed lock unavailable (%s): single flight rests on the database lock", err)
+                return
+            if not wait:
+                raise SyncInProgress(holder or "unknown")
+            await self._clock.sleep(poll)
+
+    async def _release_distributed(self) -> None:
+        if self.distributed is None or self.fence is None:
+            return
+        try:
+            await self.distributed.release()
+        except LockUnavailable as err:
+            log.warning("could not release the distributed lock (%s): it expires by itself", err)
+        self.fence = None
 
     async def _beat(self) -> None:
         while True:
@@ -114,4 +170,15 @@ class SyncLock:
             try:
                 await self.heartbeat()
             except sqlite3.OperationalError:
-                continue  # the database was busy past busy_timeout; the next beat tries again
+                pass  # the database was busy past busy_timeout; the next beat tries again
+            await self._renew_distributed()
+
+    async def _renew_distributed(self) -> None:
+        if self.distributed is None or self.fence is None:
+            return
+        try:
+            if not await self.distributed.renew():
+                log.error("the distributed sync lock (fence %s) expired and was taken by another holder; "
+                          "the database lock still guards this run", self.fence)
+        except LockUnavailable as err:
+            log.warning("could not renew the distributed lock (%s)", err)

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import random
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -161,8 +162,14 @@ class Scheduler:
         config: Config,
         *,
         rng: random.Random | None = None,
+        timer_gate: Callable[[], bool] | None = None,
+        warnings: tuple[str, ...] = (),
     ) -> None:
+        """`timer_gate`: whether this process may start timer runs now (the leader lease with Redis);
+        `warnings`: lines the status document adds (e.g. per-process rate limits with several workers)."""
         self._db = db
+        self._timer_gate = timer_gate
+        self._warnings = warnings
         self._runner = runner
         self._bus = bus
         self._clock = clock
@@ -251,10 +258,12 @@ class Scheduler:
 
     async def status(self) -> dict[str, Any]:
         """The DESIGN.md status document, with the live scheduler's debounce and next run."""
-        return await sync_status(
+        document = await sync_status(
             self._db, self._clock, self._config,
             debouncing=self.state == "debouncing", next_run_at=self._next_run_at(),
         )
+        document["warnings"] = [*document.get("warnings", []), *self._warnings]
+        return document
 
     def snapshot(self) -> dict[str, Any]:
         """The `scheduler.state` event's data."""
@@ -309,6 +318,8 @@ class Scheduler:
         """Re-read what other processes (and earlier runs) may have changed."""
         self._service = await read_service_state(self._db)
         self._last_pass = await last_incremental_success(self._db)
+        if self._wants.startup and self._timer_due_at(self._clock.now()) > self._clock.now():
+            self._wants.startup = False  # another process made the pass this start-up run was for
         if self._wants.burst_first is None and await inbox.has_pending(self._db):
             # Left by a failed run, a restart or another process: process them like a fresh burst.
             self._note_events()
@@ -323,7 +334,7 @@ class Scheduler:
         self._announce("webhook")
         return True
 
-    def _plan(self, *, include_timer: bool = True) -> _Plan:
+    def _plan(self, *, include_timer: bool = True, gate_timer: bool = True) -> _Plan:
         now, mono = self._clock.now(), self._clock.monotonic()
         waits: list[tuple[str, float]] = []
         if self._wants.manual:
@@ -335,7 +346,8 @@ class Scheduler:
                 waits.append(("startup", backoff_left))
             if self._wants.burst_first is not None:
                 waits.append(("webhook", max(backoff_left, self._burst_due() - mono)))
-            if include_timer:
+            # A process the gate holds back plans no timer run (and so never spins on a due one).
+            if include_timer and (not gate_timer or self._timer_gate is None or self._timer_gate()):
                 waits.append(("timer", max(backoff_left, self._timer_due_at(now) - now)))
         blocked = max(0.0, self._blocked_until - mono)
         delays = [max(delay, blocked) for _, delay in waits]
@@ -450,7 +462,7 @@ class Scheduler:
 
     def _next_run_at(self) -> float | None:
         # During a run only a follow-up counts: the timer restarts from the run's outcome.
-        plan = self._plan(include_timer=not self._running)
+        plan = self._plan(include_timer=not self._running, gate_timer=False)
         return None if plan.next_run_in is None else self._clock.now() + plan.next_run_in
 
     def _wake_loop(self) -> None:

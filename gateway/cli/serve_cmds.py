@@ -14,12 +14,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.app import create_app
+from gateway.app import PER_PROCESS_LIMITS, create_app
 from gateway.auth import TOKENS
-from gateway.cli.base import CommandFailed, Context, json_flag, open_database
+from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
 from gateway.cli.sync_cmds import render_status
 from gateway.demo import DEMO_PROJECTS, Churn, build_simulator
 from gateway.server import ListenError, configure_logging, running, wait_for_stop_signal
+from gateway.workers import SupervisorError, serve_workers
 from sync.clock import SystemClock
 from sync.config import Config, load_config
 from sync.scheduler import resume_service
@@ -28,6 +29,8 @@ from sync.status import sync_status
 
 def register(commands: Any) -> None:
     p = commands.add_parser("serve", help="run the gateway (applies migrations first)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes serving the port (SO_REUSEPORT); share state through [redis] url (default 1)")
     json_flag(p)
     p.set_defaults(handler=cmd_serve)
 
@@ -45,13 +48,32 @@ def register(commands: Any) -> None:
 
 async def cmd_serve(ctx: Context) -> None:
     config = ctx.config
+    workers = ctx.args.workers
+    if workers < 1:
+        raise UsageError("--workers must be at least 1")
     configure_logging(config.gateway.log_level)
+    if workers > 1:
+        await _serve_workers(ctx, workers)
+        return
     app = create_app(config)
     async with _listening(app, config.gateway.host, config.gateway.port) as url:
         ctx.err(f"lore-gateway: serving on {url} (data in {config.gateway.data_dir})")
         if not config.gitlab.enabled:
             ctx.err("lore-gateway: sync is disabled until gitlab.url and a token are set")
         await wait_for_stop_signal()
+    ctx.err("lore-gateway: stopped")
+
+
+async def _serve_workers(ctx: Context, workers: int) -> None:
+    config = ctx.config
+    if not config.redis.url:
+        ctx.err(f"lore-gateway: {PER_PROCESS_LIMITS}; sync runs stay single through the database lock")
+    if not config.gitlab.enabled:
+        ctx.err("lore-gateway: sync is disabled until gitlab.url and a token are set")
+    try:
+        await serve_workers(config, workers, ctx.err)
+    except SupervisorError as exc:
+        raise CommandFailed(exc.code, exc.message) from exc
     ctx.err("lore-gateway: stopped")
 
 
