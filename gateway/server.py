@@ -8,12 +8,13 @@ and recorded as interrupted, then the database closes.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+
+from gateway import logs
 
 SHUTDOWN_TIMEOUT = 10.0
 
@@ -23,10 +24,8 @@ class ListenError(Exception):
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Structured JSON lines on stderr at `level` (gateway.log_level); see gateway.logs."""
+    logs.configure(level)
 
 
 @asynccontextmanager
