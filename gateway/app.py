@@ -1,31 +1,51 @@
 """The aiohttp application: state, resources and routes, wired in one place.
 
 Resources live in cleanup contexts, opened in order and closed in reverse:
-the database, the GitLab client, the sync runner, the token store, then the
-scheduler (which reads its persisted state before anything can trigger a run).
-Handlers stay thin and call into the engine (`sync`), which knows nothing about HTTP.
+the database, the event bus (and Redis, when configured), the GitLab client, the
+sync runner, the token store, then the scheduler (which reads its persisted state
+before anything can trigger a run). Handlers stay thin and call into the engine
+(`sync`), which knows nothing about HTTP.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import auth, health
+from gateway import api, auth, health, knowledge_api, logs, metrics, sse, status_page, sync_api, webhooks
+from gateway.cache import VERSIONS
 from gateway.http import errors_middleware
-from gateway.keys import BUS, CLOCK, CONFIG, DB, GITLAB, RUNNER, SCHEDULER
+from gateway.keys import BUS, CLOCK, CONFIG, DB, GITLAB, LEADER, REDIS, RUNNER, SCHEDULER, WORKERS
 from sync.clock import Clock, SystemClock
 from sync.config import Config, ensure_data_dir
 from sync.db import Database
 from sync.events import EventBus
 from sync.gitlab import GitLabClient
+from sync.redis_bus import DEFAULT_PREFIX, RedisEventBus, redis_client
+from sync.redis_lock import LeaderLease, RedisLock
 from sync.runner import SyncRunner
 from sync.scheduler import Scheduler
 
+LEADER_TTL = 15.0  # seconds: how long the timer fallback goes without a leader after the leader dies
+PER_PROCESS_LIMITS = ("rate limits are per process: with several workers and no [redis] url, each token "
+                      "gets its budget once per worker")
 
-def create_app(config: Config, *, clock: Clock | None = None, scheduler: bool = True) -> web.Application:
-    """The gateway. `scheduler=False` serves without ever syncing on its own (tests, read-only replicas)."""
+
+def shared_config(config: Config) -> Config:
+    """With a [redis] url, rate limits left at the in-memory default move to Redis: one token, one budget."""
+    if config.redis.url and config.ratelimit.storage.startswith("memory://"):
+        return dataclasses.replace(config, ratelimit=dataclasses.replace(config.ratelimit, storage=config.redis.url))
+    return config
+
+
+def create_app(
+    config: Config, *, clock: Clock | None = None, scheduler: bool = True, workers: int = 1
+) -> web.Application:
+    """The gateway. `scheduler=False` serves without ever syncing on its own (tests, read-only replicas);
+    `workers` is how many processes serve this port (`serve --workers N`), for the status warnings."""
+    config = shared_config(config)
     app = web.Application(
         middlewares=[errors_middleware],
         client_max_size=config.webhook.max_body_bytes,
@@ -33,14 +53,25 @@ def create_app(config: Config, *, clock: Clock | None = None, scheduler: bool = 
     )
     app[CONFIG] = config
     app[CLOCK] = clock or SystemClock()
-    app[BUS] = EventBus()
+    app[WORKERS] = workers
+    app[BUS] = RedisEventBus(config.redis.url) if config.redis.url else EventBus()
     app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_redis)
     app.cleanup_ctx.append(_gitlab)
     app.cleanup_ctx.append(_runner)
     auth.setup(app)
     if scheduler:
         app.cleanup_ctx.append(_scheduler)
     health.setup(app)
+    webhooks.setup(app)
+    api.setup(app)
+    knowledge_api.setup(app)
+    sync_api.setup(app)
+    sse.setup(app)
+    metrics.setup(app)  # middlewares go outermost: metrics, then the request id around it
+    logs.setup(app)
+    status_page.setup(app)
+    app.cleanup_ctx.append(_remote_invalidation)
     return app
 
 
@@ -49,6 +80,32 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     app[DB] = await Database.open(app[CONFIG].db_path)
     yield
     await app[DB].close()
+
+
+async def _redis(app: web.Application) -> AsyncIterator[None]:
+    """The shared bus and the client the sync lock and the leader lease use; neither needs Redis up."""
+    url = app[CONFIG].redis.url
+    bus = app[BUS]
+    if url is None or not isinstance(bus, RedisEventBus):
+        yield
+        return
+    client = redis_client(url)
+    app[REDIS] = client
+    await bus.start()
+    yield
+    await bus.close()
+    await client.aclose()
+
+
+async def _remote_invalidation(app: web.Application) -> AsyncIterator[None]:
+    """Data changed by another process invalidates this one's response cache at once (not at the poll)."""
+    versions = app.get(VERSIONS)
+    if versions is None:
+        yield
+        return
+    app[BUS].add_remote_listener(versions.on_event)
+    yield
+    app[BUS].remove_remote_listener(versions.on_event)
 
 
 async def _gitlab(app: web.Application) -> AsyncIterator[None]:
@@ -69,13 +126,37 @@ async def _gitlab(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _runner(app: web.Application) -> AsyncIterator[None]:
-    app[RUNNER] = SyncRunner(app[DB], app[BUS], app[CLOCK], app[CONFIG], client=app.get(GITLAB))
+    runner = SyncRunner(app[DB], app[BUS], app[CLOCK], app[CONFIG], client=app.get(GITLAB))
+    client = app.get(REDIS)
+    if client is not None:
+        runner.lock.distributed = RedisLock(client, f"{DEFAULT_PREFIX}lock:sync", runner.owner,
+                                            ttl=app[CONFIG].sync.stale_lock)
+    app[RUNNER] = runner
     yield
 
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:
-    scheduler = Scheduler(app[DB], app[RUNNER], app[BUS], app[CLOCK], app[CONFIG])
+    lease = _leader_lease(app)
+    if lease is not None:
+        await lease.start()
+    scheduler = Scheduler(app[DB], app[RUNNER], app[BUS], app[CLOCK], app[CONFIG],
+                          timer_gate=lease.allows_timer if lease else None, warnings=_warnings(app))
     app[SCHEDULER] = scheduler
     await scheduler.start()
     yield
     await scheduler.stop()
+    if lease is not None:
+        await lease.stop()
+
+
+def _leader_lease(app: web.Application) -> LeaderLease | None:
+    client = app.get(REDIS)
+    if client is None:
+        return None
+    lease = LeaderLease(RedisLock(client, f"{DEFAULT_PREFIX}leader:timer", app[RUNNER].owner, ttl=LEADER_TTL))
+    app[LEADER] = lease
+    return lease
+
+
+def _warnings(app: web.Application) -> tuple[str, ...]:
+    return (PER_PROCESS_LIMITS,) if app[WORKERS] > 1 and not app[CONFIG].redis.url else ()
