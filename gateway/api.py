@@ -101,8 +101,10 @@ def _not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"no such {what}")
 
 
-def _list_body(request: web.Request, page: queries.Page, fingerprint: str) -> bytes:
+def _list_body(request: web.Request, page: queries.Page | queries.RawPage, fingerprint: str) -> bytes:
     cursor = None if page.next_key is None else request.app[CURSORS].encode(page.next_key, fingerprint)
+    if isinstance(page, queries.RawPage):  # items are stored JSON fragments: join, do not re-serialize
+        return b'{"items":[' + b",".join(page.items) + b'],"next_cursor":' + orjson.dumps(cursor) + b"}"
     return orjson.dumps({"items": page.items, "next_cursor": cursor})
 
 
@@ -169,7 +171,7 @@ async def _get_item(request: web.Request, kind: Kind) -> web.Response:
         item = await queries.get_item(db, kind, project_id, iid)
         if item is None:
             raise _not_found(kind.replace("_", " "))
-        return orjson.dumps(item)
+        return item
 
     return await conditional_json(request, path=f"/projects/{project_id}/{queries.TABLES[kind]}/{iid}",
                                   query="", depends_on=[(project_id, queries.TABLES[kind])], render=render)

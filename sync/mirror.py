@@ -15,6 +15,7 @@ import aiosqlite
 import orjson
 
 from sync.clock import normalize_time
+from sync.queries import item_fragment
 
 Kind = Literal["issue", "merge_request"]
 TABLE: dict[str, str] = {"issue": "issues", "merge_request": "merge_requests"}
@@ -59,15 +60,21 @@ async def upsert_items(
     if kind == "issue":
         await conn.executemany(
             "INSERT OR REPLACE INTO issues (project_id, iid, id, title, state, author_username, labels,"
-            " created_at, updated_at, raw) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            [(*_common(project_id, it), orjson.dumps(it)) for it in items],
+            " created_at, updated_at, raw, api) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [(*(c := _common(project_id, it)), orjson.dumps(it), _api(kind, it, c)) for it in items],
         )
     else:
         await conn.executemany(
             "INSERT OR REPLACE INTO merge_requests (project_id, iid, id, title, state, author_username, labels,"
-            " created_at, updated_at, merged_at, raw) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            [(*_common(project_id, it), _opt_time(it.get("merged_at")), orjson.dumps(it)) for it in items],
+            " created_at, updated_at, merged_at, raw, api) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(*(c := _common(project_id, it)), _opt_time(it.get("merged_at")), orjson.dumps(it), _api(kind, it, c))
+             for it in items],
         )
+
+
+def _api(kind: Kind, item: dict, common: tuple) -> bytes:
+    """The read API's JSON of the item, rendered once here rather than on every read."""
+    return item_fragment(kind, item, created_at=common[7], updated_at=common[8])
 
 
 def _common(project_id: int, item: dict) -> tuple:

@@ -14,7 +14,7 @@ import binascii
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -223,6 +223,14 @@ class Page:
     next_key: list[Any] | None
 
 
+@dataclass(frozen=True)
+class RawPage:
+    """A page whose items are already JSON bytes (issues and MRs, served from their stored fragments)."""
+
+    items: list[bytes]
+    next_key: list[Any] | None
+
+
 async def list_projects(db: Database, after: int | None, limit: int) -> Page:
     rows = await db.fetchall(
         "SELECT raw, synced_at FROM projects WHERE id > ? ORDER BY id LIMIT ?", (after or 0, limit + 1)
@@ -242,20 +250,19 @@ async def project_exists(db: Database, project_id: int) -> bool:
 
 async def list_items(
     db: Database, kind: Kind, project_id: int, filters: ItemFilters, after: ItemKey | None, limit: int
-) -> Page:
-    """Issues or MRs of a project, newest update first."""
+) -> RawPage:
+    """Issues or MRs of a project, newest update first, as their stored API JSON."""
     where, params = _item_conditions(project_id, filters, after)
     rows = await db.fetchall(
-        f"SELECT raw, created_at, updated_at FROM {TABLES[kind]} WHERE {where}"
+        f"SELECT {_SERVED_COLUMNS[kind]} FROM {TABLES[kind]} WHERE {where}"
         " ORDER BY updated_at DESC, iid DESC LIMIT ?",
         (*params, limit + 1),
     )
-    shape = SHAPES[kind]
-    items = [shape(r[0], r[1], r[2]) for r in rows[:limit]]
+    items = [_served(kind, r) for r in rows[:limit]]
     if len(rows) <= limit:
-        return Page(items, None)
+        return RawPage(items, None)
     last = rows[limit - 1]
-    return Page(items, ItemKey(last[2], items[-1]["iid"]).to_json())
+    return RawPage(items, ItemKey(last["updated_at"], last["iid"]).to_json())
 
 
 def _item_conditions(project_id: int, filters: ItemFilters, after: ItemKey | None) -> tuple[str, list[Any]]:
@@ -278,14 +285,30 @@ def _item_conditions(project_id: int, filters: ItemFilters, after: ItemKey | Non
     return " AND ".join(conditions), params
 
 
-async def get_item(db: Database, kind: Kind, project_id: int, iid: int) -> JSONObject | None:
+async def get_item(db: Database, kind: Kind, project_id: int, iid: int) -> bytes | None:
+    """One issue or MR as API JSON bytes, or None."""
     row = await db.fetchone(
-        f"SELECT raw, created_at, updated_at FROM {TABLES[kind]} WHERE project_id = ? AND iid = ?",
-        (project_id, iid),
+        f"SELECT {_SERVED_COLUMNS[kind]} FROM {TABLES[kind]} WHERE project_id = ? AND iid = ?", (project_id, iid)
     )
-    if row is None:
-        return None
-    return SHAPES[kind](row[0], row[1], row[2])
+    return None if row is None else _served(kind, row)
+
+
+_SERVED_COLUMNS = {
+    "issue": "iid, api, raw, created_at, updated_at, work_item_status",
+    "merge_request": "iid, api, raw, created_at, updated_at, NULL AS work_item_status",
+}
+
+
+def _served(kind: Kind, row: Any) -> bytes:
+    """The stored fragment (or one rendered from `raw` for rows older than it), with an issue's status."""
+    body = row["api"]
+    if body is None:
+        body = item_fragment(kind, orjson.loads(row["raw"]), row["created_at"], row["updated_at"])
+    if kind != "issue":
+        return bytes(body)
+    status = row["work_item_status"]
+    # The status column holds JSON text written by sync.workitems; splice it in rather than re-parse.
+    return bytes(body[:-1]) + b',"work_item_status":' + (status.encode() if status else b"null") + b"}"
 
 
 async def item_exists(db: Database, kind: Kind, project_id: int, iid: int) -> bool:
@@ -385,26 +408,18 @@ def _common(raw: JSONObject, created_at: str, updated_at: str) -> JSONObject:
     }
 
 
-def issue_json(raw_bytes: bytes, created_at: str, updated_at: str) -> JSONObject:
-    item = _common(orjson.loads(raw_bytes), created_at, updated_at)
-    item["work_item_status"] = None  # filled by a later feature; the key is part of the contract now
-    return item
+def item_fragment(kind: Kind, raw: JSONObject, created_at: str, updated_at: str) -> bytes:
+    """An issue's or MR's API JSON (GitLab's field names), without an issue's `work_item_status`.
 
-
-def merge_request_json(raw_bytes: bytes, created_at: str, updated_at: str) -> JSONObject:
-    raw = orjson.loads(raw_bytes)
+    sync.mirror stores it when it writes the row; reads splice in the status (see `_served`).
+    """
     item = _common(raw, created_at, updated_at)
-    item["source_branch"] = raw.get("source_branch")
-    item["target_branch"] = raw.get("target_branch")
-    item["merged_at"] = _time(raw.get("merged_at"))
-    item["reviewers"] = _users(raw.get("reviewers"))
-    return item
-
-
-SHAPES: dict[str, Callable[[bytes, str, str], JSONObject]] = {
-    "issue": issue_json,
-    "merge_request": merge_request_json,
-}
+    if kind == "merge_request":
+        item["source_branch"] = raw.get("source_branch")
+        item["target_branch"] = raw.get("target_branch")
+        item["merged_at"] = _time(raw.get("merged_at"))
+        item["reviewers"] = _users(raw.get("reviewers"))
+    return orjson.dumps(item)
 
 
 def note_json(raw_bytes: bytes, created_at: str, updated_at: str, system: int) -> JSONObject:

@@ -44,6 +44,7 @@ _MAX_TEXT = 4096  # longer input is not one of ours: refuse it before any work
 _MAX_NAME = 200
 _MAX_TTL = 100 * 365 * 86400.0
 _MAX_ID = 2**63 - 1  # SQLite's INTEGER range
+_MAX_REMEMBERED = 4096  # verified token texts kept in memory
 _ROW_COLUMNS = "id, name, scopes, secret_hash, expires_at, revoked_at"
 _INFO_COLUMNS = "id, name, scopes, created_at, expires_at, revoked_at, last_used_at"
 
@@ -277,6 +278,7 @@ class TokenStore:
         self._rows: dict[int, tuple[float, _Row]] = {}
         self._revoked_here: set[int] = set()
         self._touched: dict[int, float] = {}
+        self._good_signatures: dict[str, tuple[_Claims, str]] = {}
 
     # -- management --
 
@@ -326,13 +328,31 @@ class TokenStore:
 
     async def verify(self, token: str) -> Principal | None:
         """The token's principal; None if it is malformed, tampered, foreign, unknown, expired or revoked."""
-        claims = _claims(_load(self._tokens, token, TOKEN_PREFIX))
-        if claims is None:
+        verified = self._signed(token)
+        if verified is None:
             return None
+        claims, digest = verified
         row = await self._row(claims.token_id)
-        if row is None or not hmac.compare_digest(row.secret_hash.encode(), _digest(token).encode()):
+        if row is None or not hmac.compare_digest(row.secret_hash.encode(), digest.encode()):
             return None
         return self._principal(row, row.scopes)
+
+    def _signed(self, token: str) -> tuple[_Claims, str] | None:
+        """The claims and digest of a token whose signature checks out, remembered per token text.
+
+        A signature that verified once always will (the keys are fixed for the store's life), and
+        checking it was a quarter of a cached request's cost. Only good signatures are remembered, so
+        garbage cannot grow the memo; revocation and expiry are still checked on every call.
+        """
+        known = self._good_signatures.get(token)
+        if known is None:
+            claims = _claims(_load(self._tokens, token, TOKEN_PREFIX))
+            if claims is None:
+                return None
+            if len(self._good_signatures) >= _MAX_REMEMBERED:
+                self._good_signatures.clear()
+            known = self._good_signatures[token] = (claims, _digest(token))
+        return known
 
     async def touch(self, principal: Principal) -> None:
         """Record that the token was used: at most one write per token per TOUCH_INTERVAL."""
