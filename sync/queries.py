@@ -293,9 +293,11 @@ async def get_item(db: Database, kind: Kind, project_id: int, iid: int) -> bytes
     return None if row is None else _served(kind, row)
 
 
+# `raw` (GitLab's JSON, ~2 KB a row) is read only for rows without a stored fragment.
 _SERVED_COLUMNS = {
-    "issue": "iid, api, raw, created_at, updated_at, work_item_status",
-    "merge_request": "iid, api, raw, created_at, updated_at, NULL AS work_item_status",
+    "issue": "iid, api, CASE WHEN api IS NULL THEN raw END AS raw, created_at, updated_at, work_item_status",
+    "merge_request": "iid, api, CASE WHEN api IS NULL THEN raw END AS raw, created_at, updated_at,"
+    " NULL AS work_item_status",
 }
 
 
