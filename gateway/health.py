@@ -20,8 +20,7 @@ async def readyz(request: web.Request) -> web.Response:
     if db is None:
         return error_response(503, "not_ready", "the store is not open yet")
     try:
-        async with db.transaction() as conn:
-            await conn.execute("UPDATE service_state SET id = id WHERE id = 1")
+        await db.check_writable()
     except sqlite3.Error as exc:
         return error_response(503, "not_ready", f"the store is not writable: {exc}")
     body = {"status": "ready", "sync_enabled": config.gitlab.enabled}

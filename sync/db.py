@@ -81,6 +81,11 @@ class Database:
             else:
                 await asyncio.shield(self._writer.commit())
 
+    async def check_writable(self) -> None:
+        """Take and release the write lock with a no-op write; raises sqlite3.Error when the store cannot write."""
+        async with self.transaction() as conn:
+            await conn.execute("UPDATE service_state SET id = id WHERE id = 1")
+
     async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return list(await self._reader.execute_fetchall(sql, tuple(params)))
 
