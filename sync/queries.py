@@ -293,24 +293,28 @@ async def get_item(db: Database, kind: Kind, project_id: int, iid: int) -> bytes
     return None if row is None else _served(kind, row)
 
 
-# `raw` (GitLab's JSON, ~2 KB a row) is read only for rows without a stored fragment.
+# SQLite splices an issue's status (JSON text written by sync.workitems) into its stored fragment, so a
+# page costs Python one bytes object per row. `raw` (GitLab's JSON, ~2 KB a row) is read only for rows
+# written before fragments were stored.
 _SERVED_COLUMNS = {
-    "issue": "iid, api, CASE WHEN api IS NULL THEN raw END AS raw, created_at, updated_at, work_item_status",
-    "merge_request": "iid, api, CASE WHEN api IS NULL THEN raw END AS raw, created_at, updated_at,"
+    "issue": "iid, updated_at, CAST(substr(api, 1, length(api) - 1) || ',\"work_item_status\":'"
+    " || coalesce(work_item_status, 'null') || '}' AS BLOB) AS served,"
+    " CASE WHEN api IS NULL THEN raw END AS raw, created_at, work_item_status",
+    "merge_request": "iid, updated_at, api AS served, CASE WHEN api IS NULL THEN raw END AS raw, created_at,"
     " NULL AS work_item_status",
 }
 
 
 def _served(kind: Kind, row: Any) -> bytes:
-    """The stored fragment (or one rendered from `raw` for rows older than it), with an issue's status."""
-    body = row["api"]
-    if body is None:
-        body = item_fragment(kind, orjson.loads(row["raw"]), row["created_at"], row["updated_at"])
+    """The row's API JSON: as stored, or rendered from `raw` for a row older than stored fragments."""
+    served = row["served"]
+    if served is not None:
+        return served
+    body = item_fragment(kind, orjson.loads(row["raw"]), row["created_at"], row["updated_at"])
     if kind != "issue":
-        return bytes(body)
+        return body
     status = row["work_item_status"]
-    # The status column holds JSON text written by sync.workitems; splice it in rather than re-parse.
-    return bytes(body[:-1]) + b',"work_item_status":' + (status.encode() if status else b"null") + b"}"
+    return body[:-1] + b',"work_item_status":' + (status.encode() if status else b"null") + b"}"
 
 
 async def item_exists(db: Database, kind: Kind, project_id: int, iid: int) -> bool:
