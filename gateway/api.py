@@ -73,9 +73,10 @@ def _filters(kind: Kind, query: Mapping[str, str]) -> ItemFilters:
         author = queries.parse_author(query["author"]) if "author" in query else None
         after = query.get("updated_after")
         updated_after = queries.parse_rfc3339("updated_after", after) if after is not None else None
+        status = queries.parse_status(query["status"]) if kind == "issue" and "status" in query else None
     except InvalidFilter as err:
         raise bad_parameter(err.parameter, err.message) from None
-    return ItemFilters(state, labels, author, updated_after)
+    return ItemFilters(state, labels, author, updated_after, status)
 
 
 def _path_id(request: web.Request, name: str, what: str) -> int:

@@ -59,16 +59,40 @@ class ItemFilters:
     labels: tuple[str, ...] = ()  # sorted and deduplicated: every one must be on the item
     author: str | None = None
     updated_after: str | None = None  # normalized, inclusive
+    status: str | None = None  # issues only: a work-item status name or category, lower case, or "none"
 
     def canonical(self) -> str:
         """One spelling per meaning, for cache keys and cursor fingerprints."""
-        return orjson.dumps([self.state, self.labels, self.author, self.updated_after]).decode()
+        return orjson.dumps([self.state, self.labels, self.author, self.updated_after, self.status]).decode()
 
 
 def parse_state(kind: Kind, value: str) -> str:
     if value not in STATES[kind]:
         raise InvalidFilter("state", f"must be one of {', '.join(STATES[kind])}")
     return value
+
+
+def parse_status(value: str) -> str:
+    """A work-item status name or category (case-insensitive), or `none` for issues without one."""
+    wanted = value.strip().lower()
+    if not wanted or len(wanted) > MAX_TEXT:
+        raise InvalidFilter("status", f"a status name or category of 1 to {MAX_TEXT} characters, or none")
+    return wanted
+
+
+def work_item_status_filter_sql(value: str, column: str = "issues.work_item_status") -> tuple[str, list[str]]:
+    """A WHERE condition and its parameters for `?status=VALUE` on issues.
+
+    VALUE matches a status name or category case-insensitively ("in progress", "DONE", "to_do");
+    `none` matches issues without a status. `column` names the column in the caller's query.
+    """
+    if value.strip().lower() == "none":
+        return f"{column} IS NULL", []
+    wanted = value.strip().lower()
+    condition = (
+        f"(lower(json_extract({column}, '$.name')) = ? OR lower(json_extract({column}, '$.category')) = ?)"
+    )
+    return condition, [wanted, wanted]
 
 
 def parse_labels(value: str) -> tuple[str, ...]:
@@ -279,6 +303,10 @@ def _item_conditions(project_id: int, filters: ItemFilters, after: ItemKey | Non
     for label in filters.labels:
         conditions.append("EXISTS (SELECT 1 FROM json_each(labels) WHERE value = ?)")
         params.append(label)
+    if filters.status is not None:
+        condition, values = work_item_status_filter_sql(filters.status, column="work_item_status")
+        conditions.append(condition)
+        params.extend(values)
     if after is not None:
         conditions.append("(updated_at, iid) < (?, ?)")
         params.extend((after.updated_at, after.iid))

@@ -53,21 +53,6 @@ def work_item_status_json(raw: str | bytes | None) -> dict[str, Any] | None:
     return None if raw is None else json.loads(raw)
 
 
-def work_item_status_filter_sql(value: str, column: str = "issues.work_item_status") -> tuple[str, list[str]]:
-    """A WHERE condition and its parameters for `?status=VALUE` on issues.
-
-    VALUE matches a status name or category case-insensitively ("in progress", "DONE", "to_do");
-    `none` matches issues without a status. `column` names the column in the caller's query.
-    """
-    if value.strip().lower() == "none":
-        return f"{column} IS NULL", []
-    wanted = value.strip().lower()
-    condition = (
-        f"(lower(json_extract({column}, '$.name')) = ? OR lower(json_extract({column}, '$.category')) = ?)"
-    )
-    return condition, [wanted, wanted]
-
-
 # -- batch sizing ---------------------------------------------------------------------------------
 
 

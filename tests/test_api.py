@@ -388,3 +388,16 @@ async def test_no_token_is_401_and_a_token_without_read_is_403(api):
     resp = await api.get(f"/projects/{WIDGETS}/issues", token=sync_only.token)
     assert resp.status == 403
     assert (await resp.json())["error"]["code"] == "forbidden"
+
+
+async def test_issues_filter_by_work_item_status_name_category_or_none(api):
+    async with api.app[DB].transaction() as conn:
+        await conn.execute("UPDATE issues SET work_item_status = ? WHERE project_id = 1001 AND iid IN (1, 2)",
+                           ('{"name":"In review","category":"in_progress"}',))
+    by_name = await api.walk("/projects/1001/issues", status="In Review")
+    by_category = await api.walk("/projects/1001/issues", status="IN_PROGRESS")
+    assert sorted(i["iid"] for i in by_name) == sorted(i["iid"] for i in by_category) == [1, 2]
+    assert all(i["work_item_status"]["name"] == "In review" for i in by_name)
+    without = await api.walk("/projects/1001/issues", status="none")
+    assert len(without) == 28 and all(i["work_item_status"] is None for i in without)
+    assert (await api.get("/projects/1001/issues", status="")).status == 400

@@ -13,9 +13,10 @@ from sync.clock import SystemClock
 from sync.db import Database
 from sync.events import EventBus
 from sync.pipeline import SyncRequest
+from sync.queries import work_item_status_filter_sql
 from sync.runner import SyncRunner
 from sync.status import sync_status
-from sync.workitems import BatchSizer, work_item_status_filter_sql
+from sync.workitems import BatchSizer
 from tests.conftest import SIM_TOKEN, make_config
 
 LARGEST_ACCEPTED = 40  # 5 + 6 * 40 = 245 <= 250 < 5 + 6 * 41
