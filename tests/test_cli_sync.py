@@ -171,3 +171,12 @@ async def test_kill_9_mid_sync_then_a_new_sync_loses_and_duplicates_nothing(tmp_
         assert statuses == [("interrupted", "interrupted"), ("succeeded", None)]
     finally:
         await db.close()
+
+
+async def test_status_text_shows_the_last_runs_warnings(tmp_path, gitlab_url):
+    env = cli_env(tmp_path, gitlab_url)
+    await cli(env, "sync")
+    code, out, _ = await cli(env, "status")
+    assert code == 0
+    assert "last sync: #1 succeeded (manual, balanced)" in out
+    assert "warning: work_item_status: unavailable" in out

@@ -101,6 +101,11 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(
             f"backoff: {b['consecutive_failures']} consecutive failures, next retry at {b['next_retry_at']}"
         )
+    last = status["last_sync"]
+    if last:
+        lines.append(f"last sync: #{last['id']} {last['status']} ({last['trigger']}, {last['profile']})"
+                     f" at {last['finished_at']}")
+        lines += [f"  warning: {w}" for w in last.get("warnings") or []]
     lines.append(f"last success: {status['last_success_at'] or 'never'}")
     lines.append(f"next run: {status['next_run_at'] or 'not scheduled'}")
     lines.append(f"pending webhook events: {status['pending_events']}")
