@@ -26,6 +26,7 @@ def build_simulator(seed: int = 42) -> GitLabSimulator:
     sim = GitLabSimulator(token=secrets.token_urlsafe(16), seed=seed, latency=0.005)
     for path, issues, mrs in DEMO_PROJECTS:
         sim.add_project(path, issues=issues, merge_requests=mrs, notes_per_item=3)
+    sim.enable_work_items()  # a Premium-like GitLab, so issues show their work-item status
     return sim
 
 
