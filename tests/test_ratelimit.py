@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from limits.aio.storage import MemoryStorage
 
 from gateway import ratelimit
 from gateway.app import create_app
-from gateway.ratelimit import LIMITER, Decision, RateLimiter, headers, limiter_ctx, parse_rate
+from gateway.ratelimit import (
+    LIMITER,
+    Decision,
+    RateLimiter,
+    SweepingMemoryStorage,
+    headers,
+    limiter_ctx,
+    parse_rate,
+)
 from sync.config import Config, GatewayConfig
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -77,6 +87,41 @@ async def test_keys_are_counted_separately(limiter: RateLimiter) -> None:
 
     assert (await limiter.hit("1/minute", second)).allowed
     assert not (await limiter.hit("1/minute", first)).allowed
+
+
+async def test_in_memory_counters_are_swept_at_most_once_a_second_not_per_hit() -> None:
+    # The override hooks a private name of limits' MemoryStorage: a release that renames it must fail here.
+    assert "_MemoryStorage__schedule_expiry" in vars(MemoryStorage)
+    limiter = RateLimiter("memory://")
+    storage = limiter._storage
+    assert isinstance(storage, SweepingMemoryStorage)
+    sweeps = set()
+    for _ in range(200):
+        await limiter.hit("1000/minute", "busy")
+        await asyncio.sleep(0)  # let a sweep task run and finish, as between requests
+        sweeps.add(storage.timer)
+
+    assert len(sweeps) == 1  # limits alone starts one per hit here
+    await limiter.close()
+
+
+async def test_an_expired_counter_restarts_at_once_and_the_next_sweep_frees_it() -> None:
+    limiter = RateLimiter("memory://")
+    storage = limiter._storage
+    assert isinstance(storage, SweepingMemoryStorage)
+    await limiter.hit("1/minute", "old")
+    assert not (await limiter.hit("1/minute", "old")).allowed
+    key = parse_rate("1/minute").key_for("old")
+    storage.expirations[key] = time.time() - 1  # the window ended: no sweep has run since
+
+    assert (await limiter.hit("1/minute", "old")).allowed
+
+    storage.expirations[key] = time.time() - 1
+    storage._next_sweep = 0.0  # a second has passed
+    await limiter.hit("1/minute", "other")
+    await storage.timer
+    assert key not in storage.storage
+    await limiter.close()
 
 
 async def test_two_limiters_on_one_redis_share_the_count() -> None:
