@@ -285,8 +285,8 @@ async def list_items(
     items = [_served(kind, r) for r in rows[:limit]]
     if len(rows) <= limit:
         return RawPage(items, None)
-    last = rows[limit - 1]
-    return RawPage(items, ItemKey(last["updated_at"], last["iid"]).to_json())
+    iid, updated_at = rows[limit - 1][:2]
+    return RawPage(items, ItemKey(updated_at, iid).to_json())
 
 
 def _item_conditions(project_id: int, filters: ItemFilters, after: ItemKey | None) -> tuple[str, list[Any]]:
@@ -321,28 +321,24 @@ async def get_item(db: Database, kind: Kind, project_id: int, iid: int) -> bytes
     return None if row is None else _served(kind, row)
 
 
-# SQLite splices an issue's status (JSON text written by sync.workitems) into its stored fragment, so a
-# page costs Python one bytes object per row. `raw` (GitLab's JSON, ~2 KB a row) is read only for rows
-# written before fragments were stored.
+# What serving an item reads: its stored API fragment, and `raw` (GitLab's JSON, ~2 KB a row) only for a
+# row written before fragments were stored. An issue's status (JSON text kept by sync.workitems) is
+# spliced in here rather than stored in the fragment, because statuses change apart from the item.
 _SERVED_COLUMNS = {
-    "issue": "iid, updated_at, CAST(substr(api, 1, length(api) - 1) || ',\"work_item_status\":'"
-    " || coalesce(work_item_status, 'null') || '}' AS BLOB) AS served,"
-    " CASE WHEN api IS NULL THEN raw END AS raw, created_at, work_item_status",
-    "merge_request": "iid, updated_at, api AS served, CASE WHEN api IS NULL THEN raw END AS raw, created_at,"
-    " NULL AS work_item_status",
+    "issue": "iid, updated_at, api, CASE WHEN api IS NULL THEN raw END, created_at,"
+    " CAST(work_item_status AS BLOB)",
+    "merge_request": "iid, updated_at, api, CASE WHEN api IS NULL THEN raw END, created_at, NULL",
 }
 
 
 def _served(kind: Kind, row: Any) -> bytes:
     """The row's API JSON: as stored, or rendered from `raw` for a row older than stored fragments."""
-    served = row["served"]
-    if served is not None:
-        return served
-    body = item_fragment(kind, orjson.loads(row["raw"]), row["created_at"], row["updated_at"])
+    _, updated_at, body, raw, created_at, status = row
+    if body is None:
+        body = item_fragment(kind, orjson.loads(raw), created_at, updated_at)
     if kind != "issue":
         return body
-    status = row["work_item_status"]
-    return body[:-1] + b',"work_item_status":' + (status.encode() if status else b"null") + b"}"
+    return body[:-1] + b',"work_item_status":' + (status or b"null") + b"}"
 
 
 async def item_exists(db: Database, kind: Kind, project_id: int, iid: int) -> bool:
