@@ -202,6 +202,7 @@ class GatewayCollector(Collector):
         yield from self._http()
         yield from self._cache()
         yield from self._rate_limits()
+        yield from self._database()
 
     def _webhooks(self) -> Iterator[Metric]:
         family = CounterMetricFamily(PREFIX + "webhooks", "Webhook requests by GitLab event and outcome "
@@ -311,6 +312,14 @@ class GatewayCollector(Collector):
             yield CounterMetricFamily(PREFIX + "ratelimit_storage_errors", "Rate-limit decisions taken "
                                       "without the storage (an outage: decided by ratelimit.fail_open).",
                                       value=limiter.errors)
+
+
+    def _database(self) -> Iterator[Metric]:
+        db = self._app.get(DB)
+        if db is not None:
+            yield CounterMetricFamily(PREFIX + "db_reads_moved_to_thread", "Reads that ran longer than the "
+                                      "event loop's budget (or met a lock) and ran again on the reader thread.",
+                                      value=db.reads_moved_to_thread)
 
 
 # -- HTTP ---------------------------------------------------------------------------------------------

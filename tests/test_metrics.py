@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.auth import TOKENS
-from gateway.keys import BUS, RUNNER
+from gateway.keys import BUS, DB, RUNNER
 from gateway.metrics import BusCounts, Latency
 from gateway.simulator import GitLabSimulator
 from gateway.sse import STREAMS
@@ -167,6 +167,15 @@ async def test_a_repeated_get_is_a_cache_hit(gateway: TestClient) -> None:
     samples = await scrape_of(gateway)
     assert samples[("lore_gateway_cache_misses_total", ())] == 1
     assert samples[("lore_gateway_cache_hits_total", ())] == 1
+
+
+async def test_reads_moved_off_the_event_loop_are_counted(gateway: TestClient) -> None:
+    before = (await scrape_of(gateway))[("lore_gateway_db_reads_moved_to_thread_total", ())]
+    slow = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000) SELECT count(*) FROM n"
+    assert await gateway.app[DB].fetchval(slow) == 300_000
+
+    after = (await scrape_of(gateway))[("lore_gateway_db_reads_moved_to_thread_total", ())]
+    assert after == before + 1
 
 
 async def test_sse_clients_are_read_from_the_streams_counters(gateway: TestClient) -> None:
