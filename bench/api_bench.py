@@ -1,6 +1,8 @@
 """Requests/s for one 100-issue page (`per_page=100`), side by side in one run, same load for every server:
 
   (a) bare     a bare aiohttp handler returning the very same bytes
+  (a') limited the bare handler behind the gateway's rate limiter alone (limits, in memory, and its
+               RateLimit-* headers): what one required per-request feature costs, for scale
   (b) cached   the gateway, answered from its response cache
   (c) uncached the gateway with the cache off: SQLite query + projection + serialization every request
   (d) 304      the gateway's conditional GET (If-None-Match with the current ETag)
@@ -37,6 +39,10 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 if TYPE_CHECKING:  # the project is imported in the server processes only: the load generator stays light
+    from collections.abc import Callable
+
+    from aiohttp import web
+
     from sync.config import Config
 
 PROJECT_ID = 1001
@@ -135,6 +141,8 @@ def serve(kind: str, data_dir: Path, port: int, body_file: Path | None) -> None:
 
         app = web.Application(handler_args={"access_log": None})
         app.router.add_get(PAGE.split("?")[0], page)
+    elif kind == "limited":
+        app = limited_app(body_file.read_bytes() if body_file else b"{}")
     else:
         from gateway.app import create_app
         from gateway.cache import CACHE_MAX_BYTES
@@ -148,6 +156,29 @@ def serve(kind: str, data_dir: Path, port: int, body_file: Path | None) -> None:
             await wait_for_stop_signal()
 
     asyncio.run(main())
+
+
+def limited_app(body: bytes) -> web.Application:
+    """The bare handler behind a middleware that spends one rate-limit hit per request, as the gateway does."""
+    from aiohttp import web
+
+    from gateway import ratelimit
+
+    limiter = ratelimit.RateLimiter("memory://")
+
+    @web.middleware
+    async def limit(request: web.Request, handler: Callable) -> web.StreamResponse:
+        decision = await limiter.hit(UNLIMITED, "api-token:1")
+        response = await handler(request)
+        response.headers.update(ratelimit.headers(decision))
+        return response
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application(handler_args={"access_log": None}, middlewares=[limit])
+    app.router.add_get(PAGE.split("?")[0], page)
+    return app
 
 
 def free_port() -> int:
@@ -340,6 +371,16 @@ def run(args: argparse.Namespace) -> dict:
         finally:
             bare.stop()
 
+        limited = ours("limited", data_dir, body_file)
+        try:
+            limited.wait_ready(PAGE.split("?")[0])
+            url = f"http://127.0.0.1:{limited.port}{PAGE.split('?')[0]}"
+            status, again, headers = fetch(url, {})
+            assert again == body and "RateLimit-Remaining" in headers
+            results.append(measure("limited", limited, Load(url), args, len(body)))
+        finally:
+            limited.stop()
+
         ds_path = Path(tmp) / "bench.db"
         make_datasette_db(ds_path, page)
         ds = datasette(ds_path)
@@ -358,6 +399,7 @@ def run(args: argparse.Namespace) -> dict:
         "cached_over_bare": round(rate["cached"] / rate["bare"], 3),
         "uncached_over_datasette": round(rate["uncached"] / rate["datasette"], 2),
         "not_modified_over_bare": round(rate["304"] / rate["bare"], 3),
+        "limited_over_bare": round(rate["limited"] / rate["bare"], 3),
         "bare_over_datasette": round(rate["bare"] / rate["datasette"], 1),
     }
     return {
@@ -385,6 +427,7 @@ def print_report(report: dict) -> None:
     print(f"uncached / datasette   {ratios['uncached_over_datasette']:>7.2f}   target >= 10  "
           f"{'met' if met['uncached_over_datasette'] else 'NOT met'}")
     print(f"304 / bare             {ratios['not_modified_over_bare']:>7.3f}")
+    print(f"limited / bare         {ratios['limited_over_bare']:>7.3f}   (bare + the rate limiter alone)")
     print(f"bare / datasette       {ratios['bare_over_datasette']:>7.1f}")
     cpu = {r["name"]: r["server_cpu_us_per_request"] for r in report["results"]}
     if all(cpu.values()):
@@ -400,7 +443,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 s per server (tests)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--no-wrk", dest="wrk", action="store_false", help="use the aiohttp load generator")
-    parser.add_argument("--serve", choices=("bare", "cached", "uncached"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=("bare", "limited", "cached", "uncached"), help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--body", type=Path, help=argparse.SUPPRESS)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "api_bench.py"
-SERVERS = {"bare", "cached", "uncached", "304", "datasette"}
+SERVERS = {"bare", "limited", "cached", "uncached", "304", "datasette"}
 
 
 def run_bench(*extra: str) -> dict:
@@ -32,7 +32,8 @@ def check_report(report: dict) -> None:
         assert result["requests_per_s"] > 0 and result["requests"] > 0, name
         assert result["errors"] == 0, name
     assert results["cached"]["bytes_per_response"] == results["bare"]["bytes_per_response"] > 10_000
-    assert set(report["ratios"]) >= {"cached_over_bare", "uncached_over_datasette", "not_modified_over_bare"}
+    assert set(report["ratios"]) >= {"cached_over_bare", "uncached_over_datasette", "not_modified_over_bare",
+                                     "limited_over_bare"}
 
 
 @pytest.mark.slow
