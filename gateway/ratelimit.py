@@ -52,10 +52,10 @@ class SweepingMemoryStorage(MemoryStorage):
     """limits' in-memory storage, sweeping expired counters at most once every SWEEP_INTERVAL.
 
     MemoryStorage starts its sweep (a new task that scans every key) from each `incr` once the previous
-    sweep is done: under load, one task and one scan of all keys per request. That was the largest single
-    cost of a cached API answer here (about 45 us of server CPU a request, of ~280), and it grows with
-    the number of keys. Counts stay exact without it: `incr` drops an expired key before counting; the
-    sweep only frees memory, which a second's delay does not change.
+    sweep is done: under load, one task and one scan of all keys per request, so a hit slows with the
+    number of keys (per-address limits): with 50k keys, 10 ms a hit here; with this, 37 us. Counts stay
+    exact without it: `incr` drops an expired key before counting; the sweep only frees memory, which
+    a second's delay does not change.
     """
 
     def __init__(self) -> None:

@@ -38,6 +38,7 @@ _PRAGMAS = (
 )
 INLINE_BUDGET = 0.001  # seconds a read may hold the event loop before it moves to the reader thread
 _BUDGET_CHECK_STEPS = 1000  # SQLite VM instructions between looks at the clock (~50-100 us of work)
+_RUN_ON_THREAD = frozenset({"SQLITE_INTERRUPT", "SQLITE_BUSY", "SQLITE_LOCKED"})  # over budget, or a lock
 
 
 def migrate(path: Path) -> list[str]:
@@ -139,11 +140,13 @@ class InlineReader:
 
     def fetchall(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row] | None:
         """The rows, or None when the read ran over budget or met a lock: run it on the reader thread
-        then (an error of the statement itself is raised there too)."""
+        then. An error of the statement itself is raised here, as the thread would have."""
         self._deadline = time.perf_counter() + self.budget
         try:
             return self._conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as err:
+            if err.sqlite_errorname not in _RUN_ON_THREAD:
+                raise
             self.moved += 1
             return None
 

@@ -45,6 +45,7 @@ async def test_a_read_over_budget_moves_to_the_reader_thread_and_still_answers(d
 async def test_a_broken_statement_raises_as_it_did_before(db: Database) -> None:
     with pytest.raises(sqlite3.OperationalError, match="no such table"):
         await db.fetchall("SELECT * FROM no_such_table")
+    assert db.reads_moved_to_thread == 0  # raised on the loop, not run a second time on the thread
 
 
 async def test_the_inline_reader_cannot_write(db: Database) -> None:
