@@ -2,7 +2,8 @@
 
 The limit is decided in a middleware, before authentication, so even a flood of bad tokens costs a
 budget: a bearer token counts as its own only once it has verified (remembered for a few seconds, so
-the store is not asked every request); a missing or bad one is charged to the caller's address. The
+the store is not asked every request); a missing or bad one is charged to the caller's address (the
+forwarded one behind a trusted proxy: gateway/proxies.py). The
 RateLimit-* headers go on in `on_response_prepare`, so every response carries them: errors, 304s and
 streams whose headers were sent by the handler.
 """
@@ -18,6 +19,7 @@ from gateway import ratelimit
 from gateway.auth import TOKENS
 from gateway.http import ApiError, Handler
 from gateway.keys import CLOCK, CONFIG
+from gateway.proxies import client_address
 from gateway.ratelimit import LIMITER, Decision
 from sync.clock import Clock
 
@@ -73,7 +75,7 @@ async def bucket(request: web.Request) -> str:
                 identities.remember(token, token_id)
         if token_id is not None:
             return f"api-token:{token_id}"
-    return f"api-addr:{request.remote or 'unknown'}"
+    return f"api-addr:{client_address(request)}"
 
 
 def _is_api(path: str) -> bool:

@@ -29,6 +29,7 @@ from gateway.http import Handler
 from gateway.keys import BUS, CLOCK, DB, GITLAB, SCHEDULER
 from gateway.logs import route_of
 from gateway.ratelimit import LIMITER
+from gateway.server import ACCEPT_ERRORS
 from gateway.sse import STREAMS
 from gateway.webhooks import INBOX, STATS
 from gateway.webhooks import PATH as WEBHOOK_PATH
@@ -203,6 +204,7 @@ class GatewayCollector(Collector):
         yield from self._cache()
         yield from self._rate_limits()
         yield from self._database()
+        yield from self._server()
 
     def _webhooks(self) -> Iterator[Metric]:
         family = CounterMetricFamily(PREFIX + "webhooks", "Webhook requests by GitLab event and outcome "
@@ -276,6 +278,12 @@ class GatewayCollector(Collector):
                                   value=streams.opened)
         yield CounterMetricFamily(PREFIX + "sse_clients_dropped", "Event streams cut off because the client "
                                   "did not keep up.", value=streams.dropped)
+        refused = CounterMetricFamily(PREFIX + "sse_streams_refused", "Event streams refused at a cap (token: "
+                                      "gateway.max_sse_per_token, 429; total: gateway.max_sse_clients, 503).",
+                                      labels=["cap"])
+        refused.add_metric(["token"], streams.refused_token)
+        refused.add_metric(["total"], streams.refused_total)
+        yield refused
 
     def _http(self) -> Iterator[Metric]:
         family = CounterMetricFamily(PREFIX + "http_requests", "HTTP requests by route (its canonical path), "
@@ -320,6 +328,14 @@ class GatewayCollector(Collector):
             yield CounterMetricFamily(PREFIX + "db_reads_moved_to_thread", "Reads that ran longer than the "
                                       "event loop's budget (or met a lock) and ran again on the reader thread.",
                                       value=db.reads_moved_to_thread)
+
+
+    def _server(self) -> Iterator[Metric]:
+        guard = self._app.get(ACCEPT_ERRORS)
+        if guard is not None:
+            yield CounterMetricFamily(PREFIX + "accept_errors", "Connections the server could not accept for "
+                                      "want of a file descriptor (or kernel memory); logged at most once "
+                                      "every few seconds.", value=guard.count)
 
 
 # -- HTTP ---------------------------------------------------------------------------------------------

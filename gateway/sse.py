@@ -4,7 +4,9 @@ A client gets a `scheduler.state` snapshot, then what it missed (a replay from t
 `reset`), then live events. One pump task per client writes while the handler waits on the stream, so a
 shutdown or a vanished client ends it at once, whatever the pump is blocked on. A client that falls
 behind (its queue overflowed, or a write blocked past `send_timeout`) is cut off and counted: the bus
-never waits for anyone, so no client can stall the others or the sync.
+never waits for anyone, so no client can stall the others or the sync. Each stream holds a descriptor for
+as long as it lives, so streams are capped per token (429, tickets count toward their token) and in total
+(503): descriptors run out for nobody else.
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
-from gateway.auth import requires
+from gateway.auth import PRINCIPAL, requires
 from gateway.http import ApiError
 from gateway.keys import BUS, CLOCK, CONFIG, DB, SCHEDULER
+from sync.config import GatewayConfig
 from sync.events import Event, EventBus, Subscription
 from sync.status import read_service_state, sync_status
 
 PATH = "/api/v1/events"
 _MAX_ID_DIGITS = 18  # anything longer is no id of ours (and int() of a huge string is slow)
 _ENCODED_CACHE = 1024  # events kept serialized; a fan-out encodes each event once, not once per client
+# Seconds a refused client is asked to wait. Browsers' EventSource does not reconnect after a 429 or 503
+# at all; other clients should wait about as long as a stream takes to free up.
+RETRY_AFTER_TOKEN = 30
+RETRY_AFTER_FULL = 10
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,12 @@ class StreamSettings:
     queue_size: int = 256  # events a client may lag behind before it is cut off
     send_timeout: float = 10.0  # a write that blocks this long means the client stopped reading
     ping_interval: float = 15.0  # heartbeat comments; DESIGN.md promises at least every 15 s
+    max_clients: int = GatewayConfig.max_sse_clients  # open streams in this process; beyond: 503
+    max_per_token: int = GatewayConfig.max_sse_per_token  # open streams per token; beyond: 429
+
+    @classmethod
+    def from_config(cls, config: GatewayConfig) -> StreamSettings:
+        return cls(max_clients=config.max_sse_clients, max_per_token=config.max_sse_per_token)
 
 
 class EventStreams:
@@ -44,8 +57,12 @@ class EventStreams:
         self.settings = settings or StreamSettings()
         self.opened = 0  # streams ever started
         self.dropped = 0  # streams cut off because the client did not keep up
+        self.refused_token = 0  # streams refused at max_per_token
+        self.refused_total = 0  # streams refused at max_clients
         self.closing = False
         self._open: set[EventSourceResponse] = set()
+        self._admitted = 0  # streams holding a place, from admission (before their headers are sent) to the end
+        self._per_token: dict[int, int] = {}
         self._encoded: dict[int, tuple[Event, str]] = {}
 
     @property
@@ -66,6 +83,34 @@ class EventStreams:
             if len(self._encoded) > _ENCODED_CACHE:
                 del self._encoded[next(iter(self._encoded))]  # the oldest insertion
         return text
+
+    @contextlib.contextmanager
+    def admit(self, token_id: int) -> Iterator[None]:
+        """Hold a place for one stream of `token_id` while the block runs; ApiError 429 or 503 at a cap.
+
+        Taken before the first await of the handler, so concurrent connects cannot overshoot a cap."""
+        settings = self.settings
+        held = self._per_token.get(token_id, 0)
+        if held >= settings.max_per_token:
+            self.refused_token += 1
+            raise ApiError(429, "rate_limited", f"this token already has {held} open event streams (the "
+                           f"limit is {settings.max_per_token}); close one first",
+                           headers={"Retry-After": str(RETRY_AFTER_TOKEN)})
+        if self._admitted >= settings.max_clients:
+            self.refused_total += 1
+            raise ApiError(503, "not_ready", f"the gateway serves its maximum of {settings.max_clients} event "
+                           "streams; try again later", headers={"Retry-After": str(RETRY_AFTER_FULL)})
+        self._admitted += 1
+        self._per_token[token_id] = held + 1
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+            left = self._per_token[token_id] - 1
+            if left:
+                self._per_token[token_id] = left
+            else:
+                del self._per_token[token_id]
 
     @contextlib.contextmanager
     def track(self, resp: EventSourceResponse) -> Iterator[None]:
@@ -154,6 +199,11 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     streams = request.app[STREAMS]
     if streams.closing:
         raise ApiError(503, "not_ready", "the gateway is shutting down")
+    with streams.admit(request[PRINCIPAL].token_id):
+        return await _stream(request, streams)
+
+
+async def _stream(request: web.Request, streams: EventStreams) -> web.StreamResponse:
     bus = request.app[BUS]
     settings = streams.settings
     # Subscribing and reading the ring buffer in one step (no await between) leaves no gap between the
@@ -215,6 +265,9 @@ async def _end_streams(app: web.Application) -> None:
 
 
 def setup(app: web.Application, settings: StreamSettings | None = None) -> None:
+    """The route and the streams' registry; without `settings`, the caps come from the app's config."""
+    if settings is None and CONFIG in app:
+        settings = StreamSettings.from_config(app[CONFIG].gateway)
     app[STREAMS] = EventStreams(settings)
     app.router.add_get(PATH, stream_events)
     app.on_shutdown.append(_end_streams)

@@ -23,6 +23,7 @@ from aiohttp import web
 from gateway import ratelimit
 from gateway.http import ApiError, json_response
 from gateway.keys import BUS, CLOCK, CONFIG, DB
+from gateway.proxies import client_address
 from sync.config import WebhookConfig
 from sync.inbox import Accepted, Inbox, InboxError, InboxEvent
 
@@ -246,15 +247,36 @@ async def receive(request: web.Request) -> web.Response:
 async def _admit(request: web.Request) -> tuple[str, bytes, str | None]:
     """Rate limit, size, authentication: the checks before we trust a byte of the body.
 
-    Returns the event name, the raw body and the verified webhook-id (None when not signed)."""
+    Authenticated and unauthenticated requests spend separate budgets of the client's address, so a flood
+    of bad requests from behind the same proxy or NAT never gets GitLab's real deliveries refused. A
+    request that cannot authenticate from its headers alone (no matching X-Gitlab-Token, no signature)
+    spends before its body is read; a signed one only once its signature fails, since checking it needs
+    the body. Returns the event name, the raw body and the verified webhook-id (None when not signed)."""
     app = request.app
-    decision = await app[ratelimit.LIMITER].hit(app[CONFIG].ratelimit.webhook, f"webhook:{request.remote}")
+    creds, headers = app[CREDENTIALS], request.headers
+    budget = f"webhook:{client_address(request)}"
+    token = headers.get("X-Gitlab-Token")
+    may_pass = (token is not None and token_matches(creds, token)) or (
+        "webhook-signature" in headers and bool(creds.signing_keys))
+    if not may_pass:
+        await _spend(app, budget)
+    body = await _read_body(request, app[CONFIG].webhook.max_body_bytes)
+    try:
+        verified_id = authenticate(creds, headers, body, app[CLOCK].now())
+    except ApiError:
+        if may_pass:
+            await _spend(app, budget)
+        raise
+    await _spend(app, f"{budget}:authenticated")
+    return headers.get("X-Gitlab-Event", ""), body, verified_id
+
+
+async def _spend(app: web.Application, budget: str) -> None:
+    """Count one request against `budget` (ratelimit.webhook); ApiError 429 beyond it."""
+    decision = await app[ratelimit.LIMITER].hit(app[CONFIG].ratelimit.webhook, budget)
     if not decision.allowed:
         raise ApiError(429, "rate_limited", "too many webhook requests from this address",
                        ratelimit.headers(decision))
-    body = await _read_body(request, app[CONFIG].webhook.max_body_bytes)
-    verified_id = authenticate(app[CREDENTIALS], request.headers, body, app[CLOCK].now())
-    return request.headers.get("X-Gitlab-Event", ""), body, verified_id
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:

@@ -63,12 +63,10 @@ def worker_main(spec: WorkerSpec, ready: mp.Queue) -> None:  # type: ignore[type
 
 async def _serve(spec: WorkerSpec, ready: mp.Queue) -> int:  # type: ignore[type-arg]
     from gateway.app import create_app
-    from gateway.server import SHUTDOWN_TIMEOUT, wait_for_stop_signal
+    from gateway.server import started, wait_for_stop_signal
 
     app = create_app(spec.config, workers=spec.workers)
-    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None)
-    await runner.setup()
-    try:
+    async with started(app) as runner:
         try:
             await web.TCPSite(runner, spec.host, spec.port, reuse_port=True).start()
         except OSError as exc:
@@ -76,8 +74,6 @@ async def _serve(spec: WorkerSpec, ready: mp.Queue) -> int:  # type: ignore[type
             return LISTEN_FAILED
         ready.put((spec.index, None))
         await wait_for_stop_signal()
-    finally:
-        await runner.cleanup()
     return 0
 
 

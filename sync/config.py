@@ -11,6 +11,7 @@ import base64
 import binascii
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -43,6 +44,9 @@ def _default_data_dir() -> Path:
     return Path("~/.local/share/lore-gateway").expanduser()
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True)
 class GitLabConfig:
     url: str | None = None
@@ -63,6 +67,13 @@ class GatewayConfig:
     port: int = 8080
     data_dir: Path = field(default_factory=_default_data_dir)
     log_level: str = "info"
+    # Proxies whose X-Forwarded-For / Forwarded name the client (gateway/proxies.py); none by default.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_sse_clients: int = 5000  # open event streams in this process; beyond: 503
+    max_sse_per_token: int = 50  # open event streams per token (tickets count toward it); beyond: 429
+    # Closes a connection that has not sent a complete request head this long after it opened or after
+    # its last response: aiohttp's keepalive_timeout, which is both the idle and the header-read limit.
+    keepalive_timeout: float = 75.0
 
 
 @dataclass(frozen=True)
@@ -152,7 +163,10 @@ class Config:
 
 _KEYS: dict[str, frozenset[str]] = {
     "gitlab": frozenset({"url", "token", "token_file", "projects", "concurrency", "timeout"}),
-    "gateway": frozenset({"host", "port", "data_dir", "log_level"}),
+    "gateway": frozenset(
+        {"host", "port", "data_dir", "log_level", "trusted_proxies", "max_sse_clients", "max_sse_per_token",
+         "keepalive_timeout"}
+    ),
     "webhook": frozenset(
         {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "retention"}
     ),
@@ -192,6 +206,7 @@ _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _PROJECT = re.compile(r"\d+|[\w.-]+(/[\w.-]+)+")
 _MAX_BODY_LIMIT = 64 * 1024 * 1024
+_MAX_SSE = 1_000_000  # far beyond any descriptor limit; a typo of a few zeros still fails
 
 
 # --- durations ---------------------------------------------------------------------------------
@@ -513,7 +528,22 @@ def _gateway(section: _Section) -> GatewayConfig:
         port=section.integer("port", default.port, 1, 65535),
         data_dir=section.path("data_dir") or default.data_dir,
         log_level=section.choice("log_level", default.log_level, _LOG_LEVELS),
+        trusted_proxies=_networks(section, "trusted_proxies"),
+        max_sse_clients=section.integer("max_sse_clients", default.max_sse_clients, 1, _MAX_SSE),
+        max_sse_per_token=section.integer("max_sse_per_token", default.max_sse_per_token, 1, _MAX_SSE),
+        keepalive_timeout=section.duration("keepalive_timeout", default.keepalive_timeout),
     )
+
+
+def _networks(section: _Section, key: str) -> tuple[IPNetwork, ...]:
+    """CIDRs ("10.0.0.0/8", "::1/128") or bare addresses (one host each)."""
+    networks = []
+    for number, text in enumerate(section.strings(key), 1):
+        try:
+            networks.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            section.fail(key, f"entry {number} is not an IP address or CIDR: {_show(text)}")
+    return tuple(networks)
 
 
 def _webhook(section: _Section) -> WebhookConfig:
@@ -699,6 +729,10 @@ def describe(config: Config) -> dict[str, Any]:
             "data_dir": str(gateway.data_dir),
             "db_path": str(config.db_path),
             "log_level": gateway.log_level,
+            "trusted_proxies": [str(network) for network in gateway.trusted_proxies],
+            "max_sse_clients": gateway.max_sse_clients,
+            "max_sse_per_token": gateway.max_sse_per_token,
+            "keepalive_timeout": gateway.keepalive_timeout,
         },
         "webhook": {
             "secret_count": len(webhook.secrets),

@@ -39,6 +39,7 @@ def gateway_config(data_dir: Path, **env: str) -> Config:
         "LORE_GATEWAY_GATEWAY_DATA_DIR": str(data_dir),
         "LORE_GATEWAY_AUTH_SIGNING_KEYS": "test-key",
         "LORE_GATEWAY_RATELIMIT_API": "100000/minute",  # hundreds of connects with one token
+        "LORE_GATEWAY_GATEWAY_MAX_SSE_PER_TOKEN": "1000",  # and hundreds of its streams open at once
     }
     values.update({f"LORE_GATEWAY_{k.upper()}": v for k, v in env.items()})
     return load_config(None, values)
@@ -448,7 +449,8 @@ async def test_shutdown_ends_every_stream_promptly(tmp_path: Path, handler_cance
 async def test_300_clients_all_receive_a_real_runs_events_from_started_to_finished(
     config_for: Callable[..., Config], server_for: Any
 ) -> None:
-    config = config_for(auth_signing_keys="test-key", ratelimit_api="100000/minute")
+    config = config_for(auth_signing_keys="test-key", ratelimit_api="100000/minute",
+                        gateway_max_sse_per_token="1000")
     await seed_a_fresh_mirror(config)  # no start-up run: the run starts when every client is listening
     clock = SystemClock()
     gateway, _ = await server_for(create_app(config, clock=clock), clock)

@@ -447,13 +447,42 @@ async def test_over_the_rate_limit_a_webhook_gets_429_with_retry_after(
     assert len(await gw.rows()) == 3
 
 
-async def test_the_rate_limit_comes_before_authentication(gateway: MakeClient, sim: GitLabSimulator) -> None:
+async def test_unauthenticated_requests_over_their_address_budget_get_429(
+    gateway: MakeClient, sim: GitLabSimulator
+) -> None:
     gw = await gateway(rate="1/minute")
-    await gw.post(issue_hook(sim), secret="wrong")
+    assert (await gw.post(issue_hook(sim), secret="wrong")).status == 401
 
-    response = await gw.post(issue_hook(sim))
+    response = await gw.post(issue_hook(sim), secret="wrong")
 
-    assert response.status == 429
+    assert await error_of(response) == (429, "rate_limited")
+
+
+async def test_an_authenticated_delivery_is_accepted_while_its_address_unauthenticated_budget_is_spent(
+    gateway: MakeClient, sim: GitLabSimulator
+) -> None:
+    gw = await gateway(rate="2/minute")
+    statuses = [(await gw.post(issue_hook(sim), secret="wrong")).status for _ in range(3)]
+    assert statuses == [401, 401, 429]
+
+    by_token = await gw.post(issue_hook(sim))
+    hook = issue_hook(sim)
+    signed = await gw.client.post(URL, data=hook.body(), headers=_signed(hook))
+
+    assert (by_token.status, signed.status) == (202, 202)
+    assert len(await gw.rows()) == 2
+
+
+async def test_a_forged_signature_spends_the_unauthenticated_budget(gateway: MakeClient, sim: GitLabSimulator) -> None:
+    gw = await gateway(rate="1/minute")
+    hook = issue_hook(sim)
+    forged = _signed(hook, OTHER_SIGNING_TOKEN)
+    assert (await gw.client.post(URL, data=hook.body(), headers=forged)).status == 401
+
+    again = await gw.client.post(URL, data=hook.body(), headers=forged)
+
+    assert await error_of(again) == (429, "rate_limited")
+    assert (await gw.post(issue_hook(sim))).status == 202
 
 
 async def test_a_store_that_cannot_commit_answers_503_not_500(
