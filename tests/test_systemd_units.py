@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from sync.config import load_config
+from sync.config import GatewayConfig, load_config
 from sync.service import DAEMON_UNIT, SYNC_UNIT, TEMPLATE_DIR, TIMER_UNIT, build_spec, render
 
 ANALYZE = shutil.which("systemd-analyze")
@@ -82,6 +82,12 @@ def test_the_daemon_counts_as_started_only_once_readyz_answers() -> None:
     text = (TEMPLATE_DIR / DAEMON_UNIT).read_text()
     assert "Type=exec" in text and "ExecStartPost=@COMMAND@ service wait-ready" in text
     assert "Restart=on-failure" in text and "EnvironmentFile=@ENV_FILE@" in text
+
+
+def test_the_daemon_may_open_a_descriptor_for_every_stream_the_caps_admit_and_as_many_more() -> None:
+    limits = re.findall(r"^LimitNOFILE=(\d+)$", (TEMPLATE_DIR / DAEMON_UNIT).read_text(), re.MULTILINE)
+    assert len(limits) == 1
+    assert int(limits[0]) >= 2 * GatewayConfig().max_sse_clients + 1024
 
 
 # --- systemd's judgement --------------------------------------------------------------------------
