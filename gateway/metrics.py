@@ -305,8 +305,8 @@ class GatewayCollector(Collector):
                                   value=cache.misses)
         yield CounterMetricFamily(PREFIX + "cache_evictions", "Bodies evicted to stay within the budget.",
                                   value=cache.evictions)
-        yield GaugeMetricFamily(PREFIX + "cache_bytes", "Bytes the response cache holds (bodies plus "
-                                "per-entry overhead).", value=cache.bytes)
+        yield GaugeMetricFamily(PREFIX + "cache_bytes", "Bytes the response cache holds (keys, bodies "
+                                "and per-entry overhead).", value=cache.bytes)
 
     def _rate_limits(self) -> Iterator[Metric]:
         limited = CounterMetricFamily(PREFIX + "rate_limited_requests", "Requests answered 429 by the "

@@ -10,7 +10,16 @@ import pytest
 
 from gateway.app import create_app
 from gateway.auth import TOKENS
-from gateway.cache import CACHE_MAX_BYTES, RESPONSE_CACHE, VERSIONS, Cached, ResponseCache, make_etag, matches
+from gateway.cache import (
+    CACHE_MAX_BYTES,
+    RESPONSE_CACHE,
+    VERSIONS,
+    Cached,
+    ResponseCache,
+    entry_size,
+    make_etag,
+    matches,
+)
 from gateway.keys import BUS, DB
 from sync import mirror
 from sync.clock import FakeClock, SystemClock
@@ -226,14 +235,14 @@ def key(n: int) -> tuple:
 
 
 def test_the_cache_is_bounded_in_bytes_and_evicts_the_least_recently_used():
-    cache = ResponseCache(max_bytes=4000)
-    body = b"x" * 700  # 700 + 256 overhead: four fit
+    size = entry_size(key(0), Cached(b"x" * 700, '"0"'))
+    cache = ResponseCache(max_bytes=4 * size + size // 2)  # four fit
     for n in range(4):
-        cache.put(key(n), Cached(body, f'"{n}"'))
+        cache.put(key(n), Cached(b"x" * 700, f'"{n}"'))
     assert cache.get(key(0)) is not None  # 0 is now the most recently used
-    cache.put(key(4), Cached(body, '"4"'))
+    cache.put(key(4), Cached(b"x" * 700, '"4"'))
     assert cache.get(key(1)) is None and cache.get(key(0)) is not None
-    assert cache.bytes <= 4000 and cache.evictions == 1
+    assert cache.bytes <= cache.max_bytes and cache.evictions == 1
 
 
 def test_a_body_larger_than_a_quarter_of_the_budget_is_not_kept():
@@ -246,7 +255,17 @@ def test_replacing_an_entry_does_not_leak_its_bytes():
     cache = ResponseCache(max_bytes=10_000)
     for _ in range(3):
         cache.put(key(0), Cached(b"x" * 100, '"0"'))
-    assert cache.bytes == 100 + 256
+    assert cache.bytes == entry_size(key(0), Cached(b"x" * 100, '"0"'))
+
+
+def test_an_entry_is_charged_for_its_key_as_well_as_its_body():
+    entry = Cached(b"{}", '"0"')
+    long_query = "labels=" + ",".join(f"label-{n:04d}-" + "x" * 200 for n in range(20))
+
+    short, long = entry_size(key(0), entry), entry_size(("/p/0", long_query, (1,), frozenset({"read"})), entry)
+
+    assert long - short >= len(long_query)
+    assert short >= len(entry.body) + len(entry.etag) + len("/p/0") + len("read")
 
 
 @pytest.mark.parametrize(("header", "hit"), [
