@@ -17,6 +17,7 @@ is never held for longer than the budget.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -94,10 +95,16 @@ class Database:
             else:
                 await asyncio.shield(self._writer.commit())
 
-    async def check_writable(self) -> None:
-        """Take and release the write lock with a no-op write; raises sqlite3.Error when the store cannot write."""
-        async with self.transaction() as conn:
-            await conn.execute("UPDATE service_state SET id = id WHERE id = 1")
+    async def check_ready(self) -> None:
+        """Raise sqlite3.Error unless the store is migrated, readable and may be written.
+
+        Writes nothing and takes no lock (a probe answered without auth must not touch the WAL or wait
+        for the writer): a read of the migration table, and the files' and directory's write permission,
+        which is what a write would need beyond the lock."""
+        await self.fetchval("SELECT count(*) FROM schema_migrations")
+        for path in (self.path, self.path.with_name(self.path.name + "-wal"), self.path.parent):
+            if path.exists() and not os.access(path, os.W_OK):
+                raise sqlite3.OperationalError(f"attempt to write a readonly database ({path.name} is read-only)")
 
     @property
     def reads_moved_to_thread(self) -> int:
