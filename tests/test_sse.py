@@ -332,6 +332,52 @@ async def test_no_credentials_is_401_and_a_token_without_read_is_403(live: Live)
     assert (await response.json())["error"]["code"] == "forbidden"
 
 
+# -- caps --------------------------------------------------------------------------------------------
+
+
+async def ticket_for(live: Live, token: str) -> str:
+    answer = await live.session.post(live.url + "/api/v1/events/ticket", headers={"Authorization": f"Bearer {token}"})
+    return str((await answer.json())["ticket"])
+
+
+async def test_a_token_at_its_stream_cap_gets_429_with_retry_after_and_its_tickets_count_toward_it(
+    live: Live
+) -> None:
+    live.streams.settings = StreamSettings(max_per_token=2, ping_interval=0.05)
+    token = await live.token("read")
+    by_token = await live.connected(token)
+    await live.connected("", params={"ticket": await ticket_for(live, token)})
+
+    refused = await live.open(token)
+    by_ticket = await live.open(params={"ticket": await ticket_for(live, token)})
+
+    for response in (refused, by_ticket):
+        assert response.status == 429 and (await response.json())["error"]["code"] == "rate_limited"
+        assert int(response.headers["Retry-After"]) >= 1
+    assert live.streams.refused_token == 2
+    assert (await live.open(await live.token("read"))).status == 200  # another token has its own cap
+    by_token.close()  # a closed stream frees its place
+    await wait_until(lambda: live.streams.connected == 2)
+    assert (await live.open(token)).status == 200
+
+
+async def test_beyond_the_total_stream_cap_a_stream_gets_503_with_retry_after(live: Live) -> None:
+    live.streams.settings = StreamSettings(max_clients=2)
+    await live.connected(await live.token("read"))
+    await live.connected(await live.token("read"))
+
+    response = await live.open(await live.token("read"))
+
+    assert response.status == 503 and (await response.json())["error"]["code"] == "not_ready"
+    assert int(response.headers["Retry-After"]) >= 1
+    assert live.streams.refused_total == 1
+
+
+def test_the_stream_caps_come_from_the_config(tmp_path: Path) -> None:
+    app = create_app(gateway_config(tmp_path / "data", gateway_max_sse_clients="7", gateway_max_sse_per_token="3"))
+    assert (app[STREAMS].settings.max_clients, app[STREAMS].settings.max_per_token) == (7, 3)
+
+
 # -- heartbeats, counters, slow clients ---------------------------------------------------------------
 
 
