@@ -73,3 +73,55 @@ async def test_memory_stays_within_1_5x_the_cache_bound_under_10000_distinct_lon
         assert await metric(child, "lore_gateway_cache_evictions_total") > 0  # the bound was reached
         assert await metric(child, "lore_gateway_cache_bytes") <= bound
     assert grown <= 1.5 * bound, f"RSS grew {grown / MiB:.1f} MiB for a {bound / MiB:.0f} MiB cache"
+
+
+# -- descriptors ----------------------------------------------------------------------------------------
+
+NOFILE = 256  # the child's `ulimit -n`: fewer than the connections below, so accept() runs out
+IDLE = 300
+STREAMS = 300
+PER_TOKEN = 50
+GUARD = 60.0  # seconds: a guard against a hang, never a timing assumption
+
+
+async def healthz(session: aiohttp.ClientSession, child: Child) -> int:
+    async with session.get(f"{child.url}/healthz", timeout=aiohttp.ClientTimeout(total=GUARD)) as response:
+        return response.status
+
+
+async def closed_by_the_server(reader: asyncio.StreamReader) -> bool:
+    return await asyncio.wait_for(reader.read(1), GUARD) == b""
+
+
+@pytest.mark.slow
+async def test_past_the_descriptor_limit_the_caps_refuse_the_excess_and_healthz_keeps_answering(
+    tmp_path: Path,
+) -> None:
+    settings = {"gateway_keepalive_timeout": "1s", "gateway_max_sse_per_token": str(PER_TOKEN),
+                "ratelimit_api": "1000000/minute"}
+    async with gateway_process(tmp_path / "data", nofile=NOFILE, **settings) as child, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as probe, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                  headers={"Authorization": f"Bearer {child.token}"}) as client:
+        host, port = child.url.removeprefix("http://").split(":")
+        connecting = [asyncio.ensure_future(asyncio.open_connection(host, int(port))) for _ in range(IDLE)]
+        await asyncio.wait(connecting, timeout=1.0)  # the first ones in: the descriptors are gone
+
+        assert await healthz(probe, child) == 200  # answered once an idle connection times out
+        idle = [await asyncio.wait_for(c, GUARD) for c in connecting]
+        assert all(await asyncio.gather(*(closed_by_the_server(reader) for reader, _ in idle)))
+
+        responses = await asyncio.gather(*(client.get(f"{child.url}/api/v1/events") for _ in range(STREAMS)))
+        statuses = sorted(response.status for response in responses)
+        assert await healthz(probe, child) == 200  # with every stream the cap allows open
+        accept_errors = await metric(child, "lore_gateway_accept_errors_total")
+        for response in responses:
+            response.close()
+        for _, writer in idle:
+            writer.close()
+
+    assert statuses == [200] * PER_TOKEN + [429] * (STREAMS - PER_TOKEN)
+    assert accept_errors > 0  # the limit really was reached
+    about_accept = [line for line in child.log_lines() if "accept" in str(line.get("msg"))]
+    assert about_accept and all(line["logger"] == "lore_gateway.server" for line in about_accept)
+    assert len(about_accept) <= 4, about_accept
