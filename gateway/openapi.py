@@ -394,9 +394,11 @@ def _events_paths() -> JSON:
         "streamEvents", "Sync progress and data changes as Server-Sent Events",
         {**_ok({"type": "string"}, "An event stream: a `scheduler.state` snapshot first, then events with "
                "monotonic ids (`sync.*`, `data.changed`, `webhook.received`, `scheduler.state`, `reset`).",
-               media="text/event-stream")},
+               media="text/event-stream"), **_errors(503)},
         tag="events", scope="read",
-        description="Authenticate with a bearer token, or (EventSource cannot send headers) a `ticket`.",
+        description="Authenticate with a bearer token, or (EventSource cannot send headers) a `ticket`. "
+                    "A token may hold `gateway.max_sse_per_token` streams at once, its tickets' included "
+                    "(then 429), the process `gateway.max_sse_clients` (then 503).",
         parameters=[_query("ticket", STRING, "A ticket from POST /api/v1/events/ticket."),
                     {"name": "Last-Event-ID", "in": "header", "schema": STRING,
                      "description": "Replay what was missed after this id."}])
