@@ -22,6 +22,7 @@ from aiohttp import web
 
 from gateway import logs
 from gateway.keys import CONFIG
+from sync.config import GatewayConfig
 
 SHUTDOWN_TIMEOUT = 10.0
 ACCEPT_LOG_INTERVAL = 5.0  # seconds between log lines about connections that could not be accepted
@@ -104,8 +105,8 @@ def raise_descriptor_limit() -> int:
     return hard
 
 
-def _check_descriptor_budget(app: web.Application, limit: int) -> None:
-    wanted = app[CONFIG].gateway.max_sse_clients + 1024
+def _check_descriptor_budget(settings: GatewayConfig, limit: int) -> None:
+    wanted = settings.max_sse_clients + 1024
     if limit != resource.RLIM_INFINITY and limit < wanted:
         log.warning("the descriptor limit (%d) is below gateway.max_sse_clients + 1024 (%d): descriptors may "
                     "run out before the stream cap is reached; raise LimitNOFILE or ulimit -n", limit, wanted)
@@ -113,8 +114,10 @@ def _check_descriptor_budget(app: web.Application, limit: int) -> None:
 
 @asynccontextmanager
 async def started(app: web.Application) -> AsyncIterator[web.AppRunner]:
-    """`app` set up in a runner with the gateway's connection settings, the accept guard on the loop."""
-    _check_descriptor_budget(app, raise_descriptor_limit())
+    """`app` set up in a runner with the gateway's connection settings (the defaults for an app without a
+    config: a bench's bare app), the accept guard on the loop."""
+    settings = app[CONFIG].gateway if CONFIG in app else GatewayConfig()
+    _check_descriptor_budget(settings, raise_descriptor_limit())
     guard = AcceptErrors()
     app[ACCEPT_ERRORS] = guard
     loop = asyncio.get_running_loop()
@@ -124,7 +127,7 @@ async def started(app: web.Application) -> AsyncIterator[web.AppRunner]:
     # connection's start (or its last response) until a request head has been read, and data arriving
     # does not reset it, so it bounds both an idle connection and a head sent byte by byte.
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None,
-                           keepalive_timeout=app[CONFIG].gateway.keepalive_timeout)
+                           keepalive_timeout=settings.keepalive_timeout)
     try:
         await runner.setup()
         try:
