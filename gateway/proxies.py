@@ -24,10 +24,12 @@ UNKNOWN = "unknown"  # a peer aiohttp cannot name (a Unix socket)
 def client_address(request: web.Request) -> str:
     """The address per-address limits key on (normalized text, e.g. "192.0.2.7" or "2001:db8::1")."""
     trusted = request.app[CONFIG].gateway.trusted_proxies
+    if not trusted:  # the common case costs nothing more than it did before proxies were known
+        return request.remote or UNKNOWN
     peer = parse_address(request.remote or "")
     if peer is None:
         return request.remote or UNKNOWN
-    if not trusted or not _is_trusted(peer, trusted):
+    if not _is_trusted(peer, trusted):
         return str(peer)
     return str(resolve(peer, forwarded_hops(request.headers), trusted))
 
