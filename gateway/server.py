@@ -92,7 +92,7 @@ ACCEPT_ERRORS = web.AppKey("accept_errors", AcceptErrors)
 
 
 def raise_descriptor_limit() -> int:
-    """Raise this process's soft descriptor limit to its hard limit (as Go and nginx do); return the
+    """Raise this process's soft descriptor limit to its hard limit (as Go's runtime does); return the
     soft limit now in force. The 1024 most shells start with is far below gateway.max_sse_clients."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == hard or soft == resource.RLIM_INFINITY:
