@@ -249,22 +249,23 @@ async def mark_reconciled(conn: aiosqlite.Connection, project_id: int, now: floa
     )
 
 
-async def oldest_reconcile(conn: aiosqlite.Connection, projects: Sequence[str]) -> float | None:
-    """When the least recently reconciled of these configured projects (paths or ids) was reconciled.
+async def reconcile_due_since(conn: aiosqlite.Connection, projects: Sequence[str]) -> float | None:
+    """Since when a reconcile may be due for these configured projects (paths or ids).
 
-    None when one of them never was, or is not in the mirror yet: a reconcile is due.
+    The oldest reconcile among those the mirror holds, 0.0 if one of them never had one, and None when
+    the mirror holds none of them (no item that GitLab could have deleted, so nothing to reconcile).
     """
     if not projects:
         return None
     marks = ",".join("?" * len(projects))
     rows = await conn.execute_fetchall(
-        f"SELECT count(*), min(r.reconciled_at), count(r.reconciled_at) FROM projects p"
+        f"SELECT count(*), min(coalesce(r.reconciled_at, 0.0)) FROM projects p"
         f" LEFT JOIN reconciles r ON r.project_id = p.id"
-        f" WHERE CAST(p.id AS TEXT) IN ({marks}) OR p.path_with_namespace IN ({marks})",
-        (*projects, *projects),
+        f" WHERE CAST(p.id AS TEXT) IN ({marks}) OR lower(p.path_with_namespace) IN ({marks})",
+        (*projects, *(p.lower() for p in projects)),
     )
-    found, oldest, reconciled = rows[0]
-    return oldest if found == len(projects) and reconciled == found else None
+    found, oldest = rows[0]
+    return float(oldest) if found else None
 
 
 async def get_cursor(conn: aiosqlite.Connection, project_id: int, resource: str) -> str | None:
