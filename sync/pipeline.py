@@ -440,11 +440,13 @@ class Pipeline:
     async def _reconcile(self, projects: list[int]) -> None:
         """List every iid of each project and kind, and delete from the mirror what GitLab lacks."""
         await self._stage("reconcile")
-        for project_id in projects:
-            started = self._clock.now()
-            await gather(self._reconcile_kind(project_id, kind) for kind in KINDS)
-            async with self._db.transaction() as conn:
-                await mirror.mark_reconciled(conn, project_id, started)
+        await gather(self._reconcile_project(project_id) for project_id in projects)
+
+    async def _reconcile_project(self, project_id: int) -> None:
+        started = self._clock.now()
+        await gather(self._reconcile_kind(project_id, kind) for kind in KINDS)
+        async with self._db.transaction() as conn:
+            await mirror.mark_reconciled(conn, project_id, started)
 
     async def _reconcile_kind(self, project_id: int, kind: Kind) -> None:
         async with self._db.transaction() as conn:
