@@ -87,7 +87,7 @@ async def ask_each_item(db: Database, client: GitLabClient, project_ids: list[in
         nonlocal missing
         try:
             await client.get(f"/projects/{pid}/{mirror.TABLE[kind]}/{iid}")
-        except PermanentError:
+        except PermanentError:  # a 404: never retried, an answer here
             missing += 1
 
     before = client.requests_made
@@ -108,8 +108,9 @@ async def bench(url: str, spec: SimSpec, ghosts: int, concurrency: int, data_dir
         (data_dir / side).mkdir(parents=True)
     dbs = [await Database.open(data_dir / side / "lore.db") for side in ("reconcile", "probe")]
     try:
-        async with GitLabClient(url, TOKEN, concurrency=concurrency, retry=_no_retry()) as client:
-            ids = [await fill_mirror(db, client, projects, ghosts) for db in dbs][0]
+        async with GitLabClient(url, TOKEN, concurrency=concurrency) as client:
+            ids = await fill_mirror(dbs[0], client, projects, ghosts)
+            await fill_mirror(dbs[1], client, projects, ghosts)
             runner = SyncRunner(dbs[0], EventBus(), SystemClock(), config, client=client)
             await timed_run(runner, client, SyncRequest(profile="fast"))  # one-time probes (GraphQL) out of the way
             quiet_s, quiet_n, _ = await timed_run(runner, client, SyncRequest(profile="fast"))
@@ -120,12 +121,6 @@ async def bench(url: str, spec: SimSpec, ghosts: int, concurrency: int, data_dir
             await db.close()
     report(spec, ghosts, concurrency, quiet=(quiet_s, quiet_n), both=(both_s, both_n), counts=counts,
            probe=(probe_s, probe_n, probe_missing))
-
-
-def _no_retry():  # a 404 is an answer here, not a failure worth retrying
-    from sync.gitlab import RetryPolicy
-
-    return RetryPolicy(attempts=1)
 
 
 def report(spec: SimSpec, ghosts: int, concurrency: int, *, quiet: tuple[float, int], both: tuple[float, int],
