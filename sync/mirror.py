@@ -241,6 +241,16 @@ async def stored_iids(conn: aiosqlite.Connection, project_id: int, kind: Kind) -
     return {r[0] for r in rows}
 
 
+async def has_items(conn: aiosqlite.Connection, project_id: int) -> bool:
+    """Whether the mirror holds any issue or MR of the project."""
+    rows = await conn.execute_fetchall(
+        "SELECT EXISTS (SELECT 1 FROM issues WHERE project_id = ?)"
+        " OR EXISTS (SELECT 1 FROM merge_requests WHERE project_id = ?)",
+        (project_id, project_id),
+    )
+    return bool(rows[0][0])
+
+
 async def mark_reconciled(conn: aiosqlite.Connection, project_id: int, now: float) -> None:
     await conn.execute(
         "INSERT INTO reconciles (project_id, reconciled_at) VALUES (?, ?)"

@@ -122,9 +122,11 @@ class Pipeline:
         if request.targets:
             await self._run_targets(projects, request.targets)
         else:
+            started, first_time = self._clock.now(), await self._unmirrored(projects)
             for kind in KINDS:
                 await self._stage(TABLE[kind])
                 await gather(self._sync_listing(pid, kind, request.full) for pid in projects)
+            await self._mark_reconciled(first_time, started)
             await self._recheck_discussions(projects)
             if request.reconcile:
                 await self._reconcile(projects)
@@ -445,8 +447,17 @@ class Pipeline:
     async def _reconcile_project(self, project_id: int) -> None:
         started = self._clock.now()
         await gather(self._reconcile_kind(project_id, kind) for kind in KINDS)
+        await self._mark_reconciled([project_id], started)
+
+    async def _unmirrored(self, projects: list[int]) -> list[int]:
+        """Projects with no item in the mirror: their first listing is as good as a reconcile."""
         async with self._db.transaction() as conn:
-            await mirror.mark_reconciled(conn, project_id, started)
+            return [pid for pid in projects if not await mirror.has_items(conn, pid)]
+
+    async def _mark_reconciled(self, projects: list[int], started: float) -> None:
+        async with self._db.transaction() as conn:
+            for project_id in projects:
+                await mirror.mark_reconciled(conn, project_id, started)
 
     async def _reconcile_kind(self, project_id: int, kind: Kind) -> None:
         async with self._db.transaction() as conn:

@@ -425,3 +425,22 @@ async def _settle(scheduler: Scheduler) -> None:
     import asyncio
 
     await asyncio.wait_for(scheduler.idle(), SETTLE)
+
+
+async def test_a_projects_first_sync_counts_as_its_reconcile_so_none_follows_at_once(
+    db: Database, tmp_path: Path, aiohttp_server: Any, clock: FakeClock
+) -> None:
+    sim = GitLabSimulator(token=SIM_TOKEN, seed=5, clock=clock)
+    sim.add_project("acme/widgets", issues=5, merge_requests=2)
+    server = await aiohttp_server(sim.app())
+    config = make_config(tmp_path / "data", str(server.make_url("")).rstrip("/"), ("acme/widgets",))
+    bus = EventBus()
+    scheduler = Scheduler(db, SyncRunner(db, bus, clock, config), bus, clock, config, rng=random.Random(1))
+    await scheduler.start()
+    try:
+        await _settle(scheduler)
+        assert [tuple(r) for r in await db.fetchall("SELECT trigger, status FROM sync_runs")] == [
+            ("startup", "succeeded")]
+        assert await db.fetchval("SELECT reconciled_at FROM reconciles") == clock.now()
+    finally:
+        await scheduler.stop()
