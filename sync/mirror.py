@@ -16,6 +16,7 @@ import aiosqlite
 import orjson
 
 from sync.clock import normalize_time, parse_time
+from sync.db import Database
 from sync.queries import item_fragment
 
 Kind = Literal["issue", "merge_request"]
@@ -259,7 +260,7 @@ async def mark_reconciled(conn: aiosqlite.Connection, project_id: int, now: floa
     )
 
 
-async def reconcile_due_since(conn: aiosqlite.Connection, projects: Sequence[str]) -> float | None:
+async def reconcile_due_since(db: Database, projects: Sequence[str]) -> float | None:
     """Since when a reconcile may be due for these configured projects (paths or ids).
 
     The oldest reconcile among those the mirror holds, 0.0 if one of them never had one, and None when
@@ -268,7 +269,7 @@ async def reconcile_due_since(conn: aiosqlite.Connection, projects: Sequence[str
     if not projects:
         return None
     marks = ",".join("?" * len(projects))
-    rows = await conn.execute_fetchall(
+    rows = await db.fetchall(
         f"SELECT count(*), min(coalesce(r.reconciled_at, 0.0)) FROM projects p"
         f" LEFT JOIN reconciles r ON r.project_id = p.id"
         f" WHERE CAST(p.id AS TEXT) IN ({marks}) OR lower(p.path_with_namespace) IN ({marks})",

@@ -457,8 +457,7 @@ class Scheduler:
         return now if self._last_pass is None else self._last_pass + self._config.sync.interval
 
     async def _read_reconcile_state(self) -> None:
-        async with self._db.transaction() as conn:
-            self._reconcile_since = await mirror.reconcile_due_since(conn, self._config.gitlab.projects)
+        self._reconcile_since = await mirror.reconcile_due_since(self._db, self._config.gitlab.projects)
 
     def _reconcile_due_at(self) -> float | None:
         """When the next pass must also reconcile (sync.reconcile_interval); None: nothing to reconcile."""
