@@ -101,6 +101,12 @@ async def last_incremental_success(db: Database) -> float | None:
     )
 
 
+async def reconcile_due_at(db: Database, config: Config) -> float | None:
+    """When the next pass must also reconcile (every `sync.reconcile_interval`); None: nothing to reconcile."""
+    since = await mirror.reconcile_due_since(db, config.gitlab.projects)
+    return None if since is None else since + config.sync.reconcile_interval
+
+
 def _failure_of(run: Run) -> SyncError:
     code = run.error_code or "sync_failed"
     message = run.error_message or f"the run ended {run.status}"
@@ -179,7 +185,7 @@ class Scheduler:
         self._wants = _Wants()
         self._service = ServiceState(0, None, None)
         self._last_pass: float | None = None
-        self._reconcile_since: float | None = None  # see mirror.reconcile_due_since
+        self._reconcile_at: float | None = None  # see reconcile_due_at
         self._running = False
         self._blocked_until = 0.0  # monotonic; another process holds the lock until we retry
         self._wake = asyncio.Event()
@@ -353,8 +359,8 @@ class Scheduler:
             # A process the gate holds back plans no timer run (and so never spins on a due one).
             if include_timer and (not gate_timer or self._timer_gate is None or self._timer_gate()):
                 waits.append(("timer", max(backoff_left, self._timer_due_at(now) - now)))
-                if (reconcile_at := self._reconcile_due_at()) is not None:
-                    waits.append(("timer", max(backoff_left, reconcile_at - now)))
+                if self._reconcile_at is not None:
+                    waits.append(("timer", max(backoff_left, self._reconcile_at - now)))
         blocked = max(0.0, self._blocked_until - mono)
         delays = [max(delay, blocked) for _, delay in waits]
         due = [trigger for (trigger, _), delay in zip(waits, delays, strict=True) if delay <= 0]
@@ -388,7 +394,7 @@ class Scheduler:
         profile = taken.profile or self._config.sync.profile
         named = sorted(due, key=lambda t: _AUTOMATIC_ORDER.index(t) if t in _AUTOMATIC_ORDER else -1)
         if named[0] != "webhook":
-            reconcile = (self._reconcile_due_at() or float("inf")) <= self._clock.now()
+            reconcile = self._reconcile_at is not None and self._reconcile_at <= self._clock.now()
             return SyncRequest(trigger=named[0], profile=profile, reconcile=reconcile)
         targets = inbox.targets_for(events)
         if not targets:
@@ -457,12 +463,7 @@ class Scheduler:
         return now if self._last_pass is None else self._last_pass + self._config.sync.interval
 
     async def _read_reconcile_state(self) -> None:
-        self._reconcile_since = await mirror.reconcile_due_since(self._db, self._config.gitlab.projects)
-
-    def _reconcile_due_at(self) -> float | None:
-        """When the next pass must also reconcile (sync.reconcile_interval); None: nothing to reconcile."""
-        since = self._reconcile_since
-        return None if since is None else since + self._config.sync.reconcile_interval
+        self._reconcile_at = await reconcile_due_at(self._db, self._config)
 
     def _burst_due(self) -> float:
         """Monotonic time the current burst runs: debounce after its last event, max_wait after its first."""

@@ -444,3 +444,20 @@ async def test_a_projects_first_sync_counts_as_its_reconcile_so_none_follows_at_
         assert await db.fetchval("SELECT reconciled_at FROM reconciles") == clock.now()
     finally:
         await scheduler.stop()
+
+
+@pytest.mark.parametrize(("age_hours", "reconcile"), [(5.9, False), (6.1, True)])
+async def test_a_timer_only_install_reconciles_once_the_interval_has_passed(
+    db: Database, tmp_path: Path, age_hours: float, reconcile: bool
+) -> None:
+    from sync.service import scheduled_attempt
+    from tests.test_service import ScriptedRunner, policy_config
+
+    clock = FakeClock()
+    async with db.transaction() as conn:
+        await conn.execute("INSERT INTO projects (id, path_with_namespace, name, web_url, raw, synced_at)"
+                           " VALUES (1001, 'acme/widgets', 'widgets', '', '{}', 0)")
+        await conn.execute("INSERT INTO reconciles VALUES (1001, ?)", (clock.now() - age_hours * 3600,))
+    runner = ScriptedRunner(db, clock)
+    attempt = await scheduled_attempt(db, runner, clock, policy_config(tmp_path / "data"), random.Random(1))
+    assert attempt.succeeded and runner.requests[0].reconcile is reconcile
