@@ -461,3 +461,18 @@ async def test_a_timer_only_install_reconciles_once_the_interval_has_passed(
     runner = ScriptedRunner(db, clock)
     attempt = await scheduled_attempt(db, runner, clock, policy_config(tmp_path / "data"), random.Random(1))
     assert attempt.succeeded and runner.requests[0].reconcile is reconcile
+
+
+def test_touch_and_reconcile_intervals_default_to_gitlabs_minute_and_six_hours(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    assert (config.gitlab.touch_interval, config.sync.reconcile_interval) == (60.0, 6 * 3600.0)
+    config = make_config(tmp_path, gitlab_touch_interval="0s", sync_reconcile_interval="30m")
+    assert (config.gitlab.touch_interval, config.sync.reconcile_interval) == (0.0, 1800.0)
+
+
+@pytest.mark.parametrize("key", ["gitlab_touch_interval", "sync_reconcile_interval"])
+def test_a_bad_interval_is_refused_naming_its_key(tmp_path: Path, key: str) -> None:
+    from sync.config import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace("_", ".", 1)):
+        make_config(tmp_path, **{key: "soon"})
