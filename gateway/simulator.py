@@ -60,6 +60,8 @@ ISSUE_FIELDS = frozenset({"title", "description", "state", "labels", "assignees"
                           "discussion_locked"})
 MR_FIELDS = frozenset({"title", "description", "state", "labels", "assignees", "reviewers", "draft",
                        "discussion_locked", "target_branch"})
+_MR_SIMPLE_FIELDS = ("id", "iid", "project_id", "title", "description", "state", "created_at", "updated_at",
+                     "web_url")
 NEW_ISSUE_FIELDS = frozenset({"title", "description", "labels", "assignees", "confidential", "author"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # A GraphQL answer: the JSON body (HTTP 200), or (status, body) for an HTTP-level failure such as the 503 timeout.
@@ -69,6 +71,9 @@ WORK_ITEM_STATUSES: dict[str, str] = {
     "To do": "TO_DO", "In progress": "IN_PROGRESS", "Done": "DONE", "Won't do": "CANCELED", "Duplicate": "CANCELED",
 }
 GRAPHQL_TIMEOUT = "Request timed out. Please try a less complex query or a smaller set of records."
+# GitLab's ThrottledTouch::TOUCH_INTERVAL (app/models/concerns/throttled_touch.rb): a note touches its
+# issue or MR only when updated_at is more than this old, so notes within a minute leave it unchanged.
+TOUCH_INTERVAL = 60.0
 
 
 # -- webhooks --------------------------------------------------------------------------------------
@@ -239,8 +244,12 @@ class GitLabSimulator:
     """A GitLab with seeded data, webhook-returning mutations, injectable faults and request counters."""
 
     def __init__(self, *, token: str = "sim-token", clock: Clock | None = None, seed: int = 1,
-                 latency: float = 0.0, base_url: str = "http://gitlab.sim") -> None:
+                 latency: float = 0.0, base_url: str = "http://gitlab.sim",
+                 touch_interval: float = TOUCH_INTERVAL) -> None:
+        """`touch_interval`: GitLab's throttled touch of a note's parent (0 = every note moves updated_at)."""
         self.token = token
+        self.touch_interval = touch_interval
+        self._vanishing: set[tuple[int, str, int]] = set()
         self.latency = latency
         self.base_url = base_url.rstrip("/")
         self.projects: dict[int, Project] = {}
@@ -343,8 +352,46 @@ class GitLabSimulator:
         project.discussions.setdefault((kind, iid), []).append(
             {"id": discussion_id, "individual_note": True, "notes": [note]})
         parent["user_notes_count"] += 1
-        self._touch(project, parent, now)
+        self._throttled_touch(project, parent, now)
         return self._note_hook(project, kind, parent, note, discussion_id, user)
+
+    def edit_note(self, project_id: int, kind: str, iid: int, note_id: int, body: str) -> Webhook:
+        """Edit a comment: its updated_at moves, its parent's only by the throttled touch (Note Hook, 16.11+)."""
+        project, parent, discussion, note = self._find_note(project_id, kind, iid, note_id)
+        now = self._tick()
+        note.update(body=body, updated_at=rest_time(now))
+        self._throttled_touch(project, parent, now)
+        user = self._data.person(note["author"]["username"])
+        return self._note_hook(project, kind, parent, note, discussion["id"], user)
+
+    def delete_note(self, project_id: int, kind: str, iid: int, note_id: int) -> None:
+        """Delete a comment. GitLab sends no webhook for it; the parent gets the throttled touch."""
+        project, parent, discussion, note = self._find_note(project_id, kind, iid, note_id)
+        discussion["notes"].remove(note)
+        if not discussion["notes"]:
+            project.discussions[(kind, iid)].remove(discussion)
+        if not note["system"]:
+            parent["user_notes_count"] -= 1
+        self._throttled_touch(project, parent, self._tick())
+
+    def delete_issue(self, project_id: int, iid: int) -> None:
+        """Delete an issue with its notes. GitLab sends no webhook when an issue is deleted."""
+        project = self._project(project_id)
+        _item(project.issues, iid, "issue")
+        self._remove(project, "issue", iid)
+
+    def delete_merge_request(self, project_id: int, iid: int) -> None:
+        """Delete an MR with its notes and diffs. GitLab sends no webhook when an MR is deleted."""
+        project = self._project(project_id)
+        _item(project.merge_requests, iid, "merge request")
+        self._remove(project, "merge_request", iid)
+
+    def vanish_after_listing(self, project_id: int, kind: str, iid: int) -> None:
+        """The item stays in list pages until something asks for it, its discussions or its diffs by iid:
+        that request, and every later one, answers 404 (deleted, moved or hidden between list and fetch)."""
+        project = self._project(project_id)
+        _item(project.issues if kind == "issue" else project.merge_requests, iid, kind.replace("_", " "))
+        self._vanishing.add((project_id, kind, iid))
 
     def push_event(self, project_id: int) -> Webhook:
         """A push of one commit to `main` (no item changes)."""
@@ -576,7 +623,10 @@ class GitLabSimulator:
         if project is None:
             return None, None
         items = project.issues if kind == "issue" else project.merge_requests
-        return project, items.get(int(request.match_info["iid"]))
+        iid = int(request.match_info["iid"])
+        if (project.id, kind, iid) in self._vanishing:
+            self._remove(project, kind, iid)
+        return project, items.get(iid)
 
     def _discussions(self, request: web.Request, kind: str, label: str) -> web.Response:
         project, item = self._find_item(request, kind)
@@ -592,6 +642,9 @@ class GitLabSimulator:
             return web.json_response({"error": str(exc)}, status=400)
         rows = sorted((i for i in items.values() if query.matches(i)), key=query.sort_key,
                       reverse=query.descending)
+        if states == MR_STATES and request.query.get("view") == "simple":
+            # GitLab's MergeRequestSimple entity (api/merge_requests.md: `view=simple`).
+            rows = [{k: r[k] for k in _MR_SIMPLE_FIELDS} for r in rows]
         return self._paginated(request, rows)
 
     def _paginated(self, request: web.Request, rows: list[JSON]) -> web.Response:
@@ -677,6 +730,28 @@ class GitLabSimulator:
     def _touch(self, project: Project, item: JSON, now: int) -> None:
         item["updated_at"] = rest_time(now)
         project.last_activity_at = item["updated_at"]
+
+    def _throttled_touch(self, project: Project, item: JSON, now: int) -> None:
+        """GitLab's ThrottledTouch: `super if (Time.zone.now - updated_at) > TOUCH_INTERVAL`."""
+        if now - parse_time_ms(item["updated_at"]) > self.touch_interval * 1000:
+            self._touch(project, item, now)
+
+    def _find_note(self, project_id: int, kind: str, iid: int, note_id: int) -> tuple[Project, JSON, JSON, JSON]:
+        project = self._project(project_id)
+        parent = _item(project.issues if kind == "issue" else project.merge_requests, iid, kind.replace("_", " "))
+        for discussion in project.discussions.get((kind, iid), []):
+            for note in discussion["notes"]:
+                if note["id"] == note_id:
+                    return project, parent, discussion, note
+        raise KeyError(f"no note {note_id} on {kind} {iid}")
+
+    def _remove(self, project: Project, kind: str, iid: int) -> None:
+        (project.issues if kind == "issue" else project.merge_requests).pop(iid, None)
+        project.discussions.pop((kind, iid), None)
+        if kind == "merge_request":
+            project.diffs.pop(iid, None)
+            project.diff_refs.pop(iid, None)
+        self._vanishing.discard((project.id, kind, iid))
 
     def _webhook(self, event: str, payload: JSON) -> Webhook:
         return Webhook(event=event, payload=payload, instance=self.base_url)

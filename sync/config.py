@@ -54,6 +54,7 @@ class GitLabConfig:
     projects: tuple[str, ...] = ()
     concurrency: int = 8
     timeout: float = 30.0
+    touch_interval: float = _MINUTE  # GitLab's ThrottledTouch::TOUCH_INTERVAL
 
     @property
     def enabled(self) -> bool:
@@ -93,6 +94,7 @@ class SyncConfig:
     backoff_base: float = _MINUTE
     backoff_max: float = 4 * _HOUR
     stale_lock: float = 10 * _MINUTE
+    reconcile_interval: float = 6 * _HOUR
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,8 @@ class Config:
 # --- the key set -------------------------------------------------------------------------------
 
 _KEYS: dict[str, frozenset[str]] = {
-    "gitlab": frozenset({"url", "token", "token_file", "projects", "concurrency", "timeout"}),
+    "gitlab": frozenset({"url", "token", "token_file", "projects", "concurrency", "timeout",
+                         "touch_interval"}),
     "gateway": frozenset(
         {"host", "port", "data_dir", "log_level", "trusted_proxies", "max_sse_clients", "max_sse_per_token",
          "keepalive_timeout"}
@@ -171,7 +174,8 @@ _KEYS: dict[str, frozenset[str]] = {
         {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "retention"}
     ),
     "sync": frozenset(
-        {"interval", "debounce", "max_wait", "profile", "backoff_base", "backoff_max", "stale_lock"}
+        {"interval", "debounce", "max_wait", "profile", "backoff_base", "backoff_max", "stale_lock",
+         "reconcile_interval"}
     ),
     "auth": frozenset({"signing_keys", "signing_keys_file"}),
     "ratelimit": frozenset({"storage", "api", "webhook", "fail_open"}),
@@ -518,6 +522,7 @@ def _gitlab(section: _Section) -> GitLabConfig:
         projects=_projects(section),
         concurrency=section.integer("concurrency", default.concurrency, 1, 64),
         timeout=section.duration("timeout", default.timeout),
+        touch_interval=section.duration("touch_interval", default.touch_interval, allow_zero=True),
     )
 
 
@@ -568,6 +573,7 @@ def _sync(section: _Section) -> SyncConfig:
         backoff_base=section.duration("backoff_base", default.backoff_base),
         backoff_max=section.duration("backoff_max", default.backoff_max),
         stale_lock=section.duration("stale_lock", default.stale_lock),
+        reconcile_interval=section.duration("reconcile_interval", default.reconcile_interval),
     )
     if config.backoff_max < config.backoff_base:
         section.fail("backoff_max", "must not be shorter than sync.backoff_base")

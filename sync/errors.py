@@ -2,8 +2,9 @@
 
 Every failure a run can meet is classified once, where it is first understood:
 transient ones (timeouts, 5xx, 429) are worth retrying later, permanent ones
-(401/403, a missing project, bad config) need a person. The scheduler's backoff
-and pause policy reads nothing but `transient`.
+(401, a 403/404 on a configured project, bad config) need a person. The scheduler's
+backoff and pause policy reads nothing but `transient`. A third kind, ItemGone,
+never reaches the scheduler: the pipeline removes that one item and goes on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,26 @@ class PermanentError(SyncError):
     """Will fail again until someone changes something (token, config, project)."""
 
     transient = False
+
+
+class ItemGone(SyncError):
+    """GitLab answered 404 or 403 for one issue or MR, or for its discussions, notes or diffs.
+
+    The item was deleted, moved, or made confidential or otherwise hidden from this token: the mirror
+    drops it (with its notes, files and documents) and the run goes on. Only the pipeline raises and
+    catches it; a 403/404 on a configured project stays a PermanentError.
+    """
+
+    transient = False
+
+    # The GitLabClient codes that mean "not there for this token" when the request names one item.
+    CAUSES = frozenset({"gitlab_not_found", "gitlab_forbidden"})
+
+    def __init__(self, project_id: int, kind: str, iid: int, cause: SyncError) -> None:
+        super().__init__("item_gone", f"{kind} {project_id}#{iid} is gone or hidden: {cause.message}")
+        self.project_id = project_id
+        self.kind = kind
+        self.iid = iid
 
 
 class SyncInProgress(SyncError):

@@ -9,12 +9,14 @@ decides what to announce.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiosqlite
 import orjson
 
-from sync.clock import normalize_time
+from sync.clock import normalize_time, parse_time
+from sync.db import Database
 from sync.queries import item_fragment
 
 Kind = Literal["issue", "merge_request"]
@@ -159,7 +161,11 @@ async def replace_mr_files(
 
 
 async def delete_item(conn: aiosqlite.Connection, project_id: int, kind: Kind, iid: int) -> bool:
-    """Forget an item GitLab no longer has (with its notes and files)."""
+    """Forget an item GitLab no longer has: the item, its notes, files, documents and bookkeeping.
+
+    The one way an item leaves the mirror (webhook-less deletions, 404/403s, reconcile), so everything
+    that reacts to a deletion (search, the change feed's triggers) sees it in this one transaction.
+    """
     cur = await conn.execute(f"DELETE FROM {TABLE[kind]} WHERE project_id = ? AND iid = ?", (project_id, iid))
     await conn.execute(
         "DELETE FROM notes WHERE project_id = ? AND noteable_kind = ? AND noteable_iid = ?",
@@ -167,7 +173,110 @@ async def delete_item(conn: aiosqlite.Connection, project_id: int, kind: Kind, i
     )
     if kind == "merge_request":
         await conn.execute("DELETE FROM mr_files WHERE project_id = ? AND mr_iid = ?", (project_id, iid))
+    else:
+        await conn.execute("DELETE FROM work_item_statuses WHERE project_id = ? AND iid = ?", (project_id, iid))
+    # Documents too, not only at the next documents stage: a `fast` run must not leave search hits.
+    # Written as two lookups on the (kind, project_id, iid, note_id) index, not one scan.
+    await conn.execute(
+        "DELETE FROM documents WHERE kind IN (?, 'note') AND project_id = ? AND iid = ? AND parent_kind = ?",
+        (kind, project_id, iid, kind),
+    )
+    await conn.execute(
+        "DELETE FROM discussion_rechecks WHERE project_id = ? AND kind = ? AND iid = ?", (project_id, kind, iid)
+    )
     return cur.rowcount > 0
+
+
+# -- throttled touch: discussions fetched again once GitLab's touch window has closed ------------------
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """One issue or MR of the mirror."""
+
+    project_id: int
+    kind: Kind
+    iid: int
+
+
+async def record_discussions_fetch(
+    conn: aiosqlite.Connection, ref: ItemRef, item_updated_at: str, fetched_at: float, touch_interval: float
+) -> None:
+    """Remember a discussions fetch that GitLab's throttled touch could have hidden a later note from.
+
+    A note moves the item's updated_at only when the last move is more than `touch_interval` old, so a
+    fetch sent no later than `updated_at + touch_interval` may miss a note that never shows in a listing:
+    such an item is kept for `due_rechecks`. A later fetch sees everything a listing would not.
+    """
+    key = (ref.project_id, ref.kind, ref.iid)
+    if fetched_at <= parse_time(item_updated_at) + touch_interval:
+        await conn.execute(
+            "INSERT OR REPLACE INTO discussion_rechecks (project_id, kind, iid, item_updated_at, fetched_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (*key, normalize_time(item_updated_at), fetched_at),
+        )
+    else:
+        await conn.execute("DELETE FROM discussion_rechecks WHERE project_id = ? AND kind = ? AND iid = ?", key)
+
+
+async def due_rechecks(
+    conn: aiosqlite.Connection, project_ids: Sequence[int], now: float, touch_interval: float
+) -> list[ItemRef]:
+    """Items whose touch window has closed since their discussions were last fetched inside it."""
+    if not project_ids:
+        return []
+    marks = ",".join("?" * len(project_ids))
+    rows = await conn.execute_fetchall(
+        f"SELECT project_id, kind, iid, item_updated_at FROM discussion_rechecks WHERE project_id IN ({marks})"
+        " ORDER BY project_id, kind, iid",
+        tuple(project_ids),
+    )
+    return [ItemRef(r[0], r[1], r[2]) for r in rows if now > parse_time(r[3]) + touch_interval]
+
+
+# -- reconcile: what GitLab no longer lists ----------------------------------------------------------
+
+
+async def stored_iids(conn: aiosqlite.Connection, project_id: int, kind: Kind) -> set[int]:
+    rows = await conn.execute_fetchall(f"SELECT iid FROM {TABLE[kind]} WHERE project_id = ?", (project_id,))
+    return {r[0] for r in rows}
+
+
+async def has_items(conn: aiosqlite.Connection, project_id: int) -> bool:
+    """Whether the mirror holds any issue or MR of the project."""
+    rows = await conn.execute_fetchall(
+        "SELECT EXISTS (SELECT 1 FROM issues WHERE project_id = ?)"
+        " OR EXISTS (SELECT 1 FROM merge_requests WHERE project_id = ?)",
+        (project_id, project_id),
+    )
+    return bool(rows[0][0])
+
+
+async def mark_reconciled(conn: aiosqlite.Connection, project_id: int, now: float) -> None:
+    await conn.execute(
+        "INSERT INTO reconciles (project_id, reconciled_at) VALUES (?, ?)"
+        " ON CONFLICT (project_id) DO UPDATE SET reconciled_at = excluded.reconciled_at",
+        (project_id, now),
+    )
+
+
+async def reconcile_due_since(db: Database, projects: Sequence[str]) -> float | None:
+    """Since when a reconcile may be due for these configured projects (paths or ids).
+
+    The oldest reconcile among those the mirror holds, 0.0 if one of them never had one, and None when
+    the mirror holds none of them (no item that GitLab could have deleted, so nothing to reconcile).
+    """
+    if not projects:
+        return None
+    marks = ",".join("?" * len(projects))
+    rows = await db.fetchall(
+        f"SELECT count(*), min(coalesce(r.reconciled_at, 0.0)) FROM projects p"
+        f" LEFT JOIN reconciles r ON r.project_id = p.id"
+        f" WHERE CAST(p.id AS TEXT) IN ({marks}) OR lower(p.path_with_namespace) IN ({marks})",
+        (*projects, *(p.lower() for p in projects)),
+    )
+    found, oldest = rows[0]
+    return float(oldest) if found else None
 
 
 async def get_cursor(conn: aiosqlite.Connection, project_id: int, resource: str) -> str | None:

@@ -9,6 +9,7 @@ the run's id.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, nullcontext
 
 from sync.clock import Clock
@@ -119,8 +120,10 @@ class SyncRunner:
         async def set_stage(stage: str) -> None:
             await self.runs.set_stage(run_id, stage)
 
-        def data_changed(project_id: int, kind: str, iids: list[int]) -> None:
-            self._bus.publish("data.changed", {"project_id": project_id, "kind": kind, "iids": iids})
+        def data_changed(project_id: int, kind: str, iids: list[int], deleted: Sequence[int] = ()) -> None:
+            self._bus.publish(
+                "data.changed", {"project_id": project_id, "kind": kind, "iids": iids, "deleted": list(deleted)}
+            )
 
         return Pipeline(
             self._db,
@@ -131,6 +134,7 @@ class SyncRunner:
             data_changed=data_changed,
             set_stage=set_stage,
             embeddings=self._config.embeddings,
+            touch_interval=self._config.gitlab.touch_interval,
         )
 
     def _client_for_run(self) -> AbstractAsyncContextManager[GitLabClient]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sync import inbox_queries as inbox
+from sync import mirror
 from sync.clock import Clock, utc_iso
 from sync.config import Config, SyncConfig
 from sync.db import Database
@@ -100,6 +101,12 @@ async def last_incremental_success(db: Database) -> float | None:
     )
 
 
+async def reconcile_due_at(db: Database, config: Config) -> float | None:
+    """When the next pass must also reconcile (every `sync.reconcile_interval`); None: nothing to reconcile."""
+    since = await mirror.reconcile_due_since(db, config.gitlab.projects)
+    return None if since is None else since + config.sync.reconcile_interval
+
+
 def _failure_of(run: Run) -> SyncError:
     code = run.error_code or "sync_failed"
     message = run.error_message or f"the run ended {run.status}"
@@ -178,6 +185,7 @@ class Scheduler:
         self._wants = _Wants()
         self._service = ServiceState(0, None, None)
         self._last_pass: float | None = None
+        self._reconcile_at: float | None = None  # see reconcile_due_at
         self._running = False
         self._blocked_until = 0.0  # monotonic; another process holds the lock until we retry
         self._wake = asyncio.Event()
@@ -194,6 +202,7 @@ class Scheduler:
             return
         self._service = await read_service_state(self._db)
         self._last_pass = await last_incremental_success(self._db)
+        await self._read_reconcile_state()
         if self._automatic_allowed() and self._timer_due_at(self._clock.now()) <= self._clock.now():
             self._wants.startup = True
             self._announce("startup")
@@ -318,6 +327,7 @@ class Scheduler:
         """Re-read what other processes (and earlier runs) may have changed."""
         self._service = await read_service_state(self._db)
         self._last_pass = await last_incremental_success(self._db)
+        await self._read_reconcile_state()
         if self._wants.startup and self._timer_due_at(self._clock.now()) > self._clock.now():
             self._wants.startup = False  # another process made the pass this start-up run was for
         if self._wants.burst_first is None and await inbox.has_pending(self._db):
@@ -349,6 +359,8 @@ class Scheduler:
             # A process the gate holds back plans no timer run (and so never spins on a due one).
             if include_timer and (not gate_timer or self._timer_gate is None or self._timer_gate()):
                 waits.append(("timer", max(backoff_left, self._timer_due_at(now) - now)))
+                if self._reconcile_at is not None:
+                    waits.append(("timer", max(backoff_left, self._reconcile_at - now)))
         blocked = max(0.0, self._blocked_until - mono)
         delays = [max(delay, blocked) for _, delay in waits]
         due = [trigger for (trigger, _), delay in zip(waits, delays, strict=True) if delay <= 0]
@@ -382,7 +394,8 @@ class Scheduler:
         profile = taken.profile or self._config.sync.profile
         named = sorted(due, key=lambda t: _AUTOMATIC_ORDER.index(t) if t in _AUTOMATIC_ORDER else -1)
         if named[0] != "webhook":
-            return SyncRequest(trigger=named[0], profile=profile)
+            reconcile = self._reconcile_at is not None and self._reconcile_at <= self._clock.now()
+            return SyncRequest(trigger=named[0], profile=profile, reconcile=reconcile)
         targets = inbox.targets_for(events)
         if not targets:
             return None
@@ -418,6 +431,7 @@ class Scheduler:
                 await record_failure(conn, now, error, self._config.sync, self._rng)
         self._service = await read_service_state(self._db)
         self._last_pass = await last_incremental_success(self._db)
+        await self._read_reconcile_state()
 
     async def _settle_without_run(self, events: list[inbox.InboxEvent]) -> None:
         """Events that name nothing to fetch are done as soon as they are seen: no GitLab request."""
@@ -447,6 +461,9 @@ class Scheduler:
 
     def _timer_due_at(self, now: float) -> float:
         return now if self._last_pass is None else self._last_pass + self._config.sync.interval
+
+    async def _read_reconcile_state(self) -> None:
+        self._reconcile_at = await reconcile_due_at(self._db, self._config)
 
     def _burst_due(self) -> float:
         """Monotonic time the current burst runs: debounce after its last event, max_wait after its first."""

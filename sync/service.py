@@ -31,7 +31,7 @@ from sync.db import Database
 from sync.errors import PermanentError, SyncError, SyncInProgress, TransientError
 from sync.pipeline import SyncRequest
 from sync.runs import Run
-from sync.scheduler import SyncRunnerLike, record_failure, record_success
+from sync.scheduler import SyncRunnerLike, reconcile_due_at, record_failure, record_success
 from sync.status import ServiceState, read_service_state
 
 DAEMON_UNIT = "lore-gateway.service"
@@ -886,8 +886,11 @@ async def scheduled_attempt(
     if state.next_retry_at is not None and state.next_retry_at > clock.now():
         return Attempt("backoff", state)
     events = await inbox.pending_rows(db)
+    reconcile_at = await reconcile_due_at(db, config)
+    request = SyncRequest(trigger="timer", profile=config.sync.profile,
+                          reconcile=reconcile_at is not None and reconcile_at <= clock.now())
     try:
-        outcome: Run | SyncError = await runner.run(SyncRequest(trigger="timer", profile=config.sync.profile))
+        outcome: Run | SyncError = await runner.run(request)
     except SyncInProgress:
         return Attempt("sync_in_progress", state)  # that run records its own outcome
     except SyncError as error:

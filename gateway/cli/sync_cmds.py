@@ -30,6 +30,9 @@ def register(commands: Any) -> None:
         "--project", action="append", metavar="PATH", help="only this configured project (repeatable)"
     )
     p.add_argument("--full", action="store_true", help="ignore cursors and re-list everything")
+    p.add_argument(
+        "--reconcile", action="store_true", help="also list every iid and delete what GitLab no longer has"
+    )
     p.add_argument("--wait", action="store_true", help="wait for a running sync to finish instead of failing")
     json_flag(p)
     p.set_defaults(handler=cmd_sync)
@@ -58,6 +61,7 @@ async def cmd_sync(ctx: Context) -> dict[str, Any]:
         profile=args.profile or config.sync.profile,
         projects=tuple(args.project) if args.project else None,
         full=args.full,
+        reconcile=args.reconcile,
     )
     async with open_database(ctx) as db:
         bus = EventBus()
