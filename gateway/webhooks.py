@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -351,10 +352,17 @@ def _unreadable(exc: RequestPayloadError) -> ApiError:
     return ApiError(400, "invalid_body", "the body could not be read as sent")
 
 
+# orjson parses fastest, but at its peak it holds about 13 bytes per byte of JSON (it sizes its value pool
+# for the worst case before it starts): 325 MB for one 25 MB body. Above this size the standard library's
+# parser, which builds the objects as it goes, holds 2 bytes per byte (3 with the body itself), up to 8
+# when a long text has a character outside the BMP (bench/webhook_memory_bench.py measures both).
+_ORJSON_MAX_BYTES = 256 * 1024  # typical hooks are 2-20 KB: they keep the fast path
+
+
 def _parse(body: Body) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(body)  # rejects invalid UTF-8 too
-    except orjson.JSONDecodeError:
+    try:  # both reject invalid UTF-8
+        payload = orjson.loads(body) if len(body) <= _ORJSON_MAX_BYTES else json.loads(body.decode())
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError; nesting too deep
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")

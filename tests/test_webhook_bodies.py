@@ -143,3 +143,50 @@ async def test_before_the_first_sync_no_event_is_filtered(database: Database) ->
     events = await inbox_queries.pending_rows(database)
 
     assert [(e.project_id, e.kind, e.iid) for e in events] == [(4242, "merge_request", 7)]
+
+
+# -- large bodies take the standard library's parser: same answers as orjson's ---------------------------
+
+LARGE = 300 * 1024  # over the size at which the parser changes (gateway/webhooks.py)
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    (b"[" * LARGE + b"]" * LARGE, "nested deeper than the parser's recursion limit"),
+    (b'{"object_kind": "issue", "x": "' + b"\xff" * LARGE + b'"}', "invalid UTF-8"),
+    (b'{"object_kind": "issue", "x": "' + b"a" * LARGE, "cut short"),
+    (b'["' + b"a" * LARGE + b'"]', "an array, not an object"),
+])
+async def test_a_large_body_that_is_not_a_json_object_gets_400(
+    body: bytes, why: str, gateway: MakeClient  # noqa: F811
+) -> None:
+    gw = await gateway()
+    headers = Webhook(event="Issue Hook", payload={}).headers(secret=SECRET)
+
+    response = await gw.client.post(URL, data=body, headers=headers)
+
+    assert (response.status, (await response.json())["error"]["code"]) == (400, "invalid_json"), why
+    assert await gw.rows() == []
+
+
+async def test_a_large_routed_event_is_routed_like_a_small_one(
+    gateway: MakeClient, sim: GitLabSimulator  # noqa: F811
+) -> None:
+    gw = await gateway()
+    small = sim.add_note(1001, "merge_request", 2, "short")
+    large = sim.add_note(1001, "merge_request", 3, "\U0001f600 " + "long " * LARGE)
+
+    for hook in (small, large):
+        assert (await gw.post(hook)).status == 202
+
+    assert [(r["kind"], r["iid"]) for r in await gw.rows()] == [("merge_request", 2), ("merge_request", 3)]
+
+
+def test_a_body_that_breaks_off_for_a_reason_other_than_its_coding_is_invalid_body() -> None:
+    # A client that dies mid-body hears no answer, so this is checked on the mapping itself.
+    from aiohttp.web_protocol import RequestPayloadError
+
+    from gateway import webhooks
+
+    error = webhooks._unreadable(RequestPayloadError("Response payload is not completed"))
+
+    assert (error.status, error.code) == (400, "invalid_body")
