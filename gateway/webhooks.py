@@ -9,6 +9,7 @@ starts which work, and why, is docs/webhooks.md.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -291,7 +292,9 @@ async def receive(request: web.Request) -> web.Response:
     if target is None:
         app[STATS].ignored += 1
         return json_response({"accepted": True, "ignored": True}, status=202)
-    accepted = await _store(app[INBOX], _dedupe_key(request, verified_id), event, target, body)
+    kept = _kept(target, body)
+    del body  # a routed event needs only its route: a large buffer goes before the inbox write is awaited
+    accepted = await _store(app[INBOX], _dedupe_key(request, verified_id), event, target, kept)
     _count(app[STATS], accepted)
     app[BUS].publish("webhook.received", {
         "event_id": str(accepted.event_id), "event": event, "project_id": target.project_id,
@@ -330,6 +333,18 @@ async def _read_body(request: web.Request, limit: int) -> Body:
                        "the Content-Encoding is not one this gateway decodes (GitLab sends none)")
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+    # Only an encoded body's decoded size is unknown; an unknown size reserves the whole limit.
+    known = request.content_length if coding in ("", "identity") else None
+    reserved = _reservation(known, limit)
+    budget = request.app[BODY_BUDGET]
+    await budget.reserve(reserved)
+    try:
+        return await _read_chunks(request, limit)
+    finally:
+        await budget.release(reserved)
+
+
+async def _read_chunks(request: web.Request, limit: int) -> Body:
     body = bytearray()
     try:
         while chunk := await request.content.readany():
@@ -339,6 +354,54 @@ async def _read_body(request: web.Request, limit: int) -> Body:
     except RequestPayloadError as exc:
         raise _unreadable(exc) from None
     return body
+
+
+# -- memory: large bodies share a budget while they are read ---------------------------------------------
+# A body is read before it is authenticated (a signature covers it), so anyone who can connect can make the
+# gateway hold up to `webhook.max_body_bytes` per connection. Bodies of this size or less go straight
+# through (GitLab's are 2-20 KB); larger ones share a budget of twice the limit.
+_SMALL_BODY_BYTES = 1024 * 1024
+
+
+def _reservation(size: int | None, limit: int) -> int:
+    if size is not None and size <= _SMALL_BODY_BYTES:
+        return 0
+    return limit if size is None else size
+
+
+class BodyBudget:
+    """The bytes large webhook bodies may hold while they are read, across all requests of one process.
+
+    A request reserves all it may need before reading its first byte (its Content-Length, or the whole limit
+    when the length is unknown), so a request that waits holds nothing and waiting never deadlocks. Parsing
+    comes after reading and is synchronous: at most one parse at a time adds to this."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free = capacity
+        self.waiting = 0
+        self._changed = asyncio.Condition()
+
+    async def reserve(self, size: int) -> None:
+        if not size:
+            return
+        async with self._changed:
+            self.waiting += 1
+            try:
+                await self._changed.wait_for(lambda: self.free >= size)
+            finally:
+                self.waiting -= 1
+            self.free -= size
+
+    async def release(self, size: int) -> None:
+        if not size:
+            return
+        async with self._changed:
+            self.free += size
+            self._changed.notify_all()
+
+
+BODY_BUDGET = web.AppKey("webhook_body_budget", BodyBudget)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -376,10 +439,13 @@ def _dedupe_key(request: web.Request, verified_id: str | None) -> str | None:
     return verified_id or request.headers.get("Idempotency-Key") or None
 
 
-async def _store(inbox: Inbox, key: str | None, event: str, target: Route, body: Body) -> Accepted:
+def _kept(target: Route, body: Body) -> bytes:
     # What processing needs is the route; the body is kept only when routing could not understand it,
     # for an operator to look at. Writing every ~2 KB body into the WAL cost a third of intake throughput.
-    kept = bytes(body) if target.kind is None else b""
+    return bytes(body) if target.kind is None else b""
+
+
+async def _store(inbox: Inbox, key: str | None, event: str, target: Route, kept: bytes) -> Accepted:
     try:
         return await inbox.add(InboxEvent(key, event, target.project_id, target.kind, target.iid, kept))
     except InboxError as exc:
@@ -398,6 +464,7 @@ def _count(stats: WebhookStats, accepted: Accepted) -> None:
 
 async def _inbox_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CREDENTIALS] = Credentials.from_config(app[CONFIG].webhook)
+    app[BODY_BUDGET] = BodyBudget(2 * app[CONFIG].webhook.max_body_bytes)
     inbox = Inbox(app[DB], app[CLOCK])
     await inbox.start()
     app[INBOX] = inbox

@@ -3,6 +3,7 @@ and events about projects the mirror does not hold."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import zlib
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway import webhooks
 from gateway.simulator import GitLabSimulator, Webhook
 from sync import inbox_queries
 from sync.clock import FakeClock
@@ -185,8 +187,84 @@ def test_a_body_that_breaks_off_for_a_reason_other_than_its_coding_is_invalid_bo
     # A client that dies mid-body hears no answer, so this is checked on the mapping itself.
     from aiohttp.web_protocol import RequestPayloadError
 
-    from gateway import webhooks
-
     error = webhooks._unreadable(RequestPayloadError("Response payload is not completed"))
 
     assert (error.status, error.code) == (400, "invalid_body")
+
+
+# -- large bodies share a budget while they are read -------------------------------------------------------
+
+
+async def _start_upload(port: int, size: int, sent: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A request for a `size`-byte Issue Hook of which only `sent` bytes go out for now."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (f"POST {URL} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Gitlab-Event: Issue Hook\r\n"
+            f"X-Gitlab-Token: {SECRET}\r\nContent-Length: {size}\r\n\r\n")
+    writer.write(head.encode() + _issue_body(size)[:sent])
+    await writer.drain()
+    return reader, writer
+
+
+def _issue_body(size: int) -> bytes:
+    start = b'{"object_kind": "issue", "project": {"id": 1001}, "object_attributes": {"iid": 4}, "pad": "'
+    return start + b"x" * (size - len(start) - 2) + b'"}'
+
+
+async def _finish(size: int, sent: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+    writer.write(_issue_body(size)[sent:])
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    writer.close()
+    return status
+
+
+async def until_true(predicate: Any) -> None:
+    for _ in range(500):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met")
+
+
+async def test_large_bodies_wait_for_room_while_small_ones_go_straight_through(
+    gateway: MakeClient, sim: GitLabSimulator  # noqa: F811
+) -> None:
+    limit = 3 * MB
+    gw = await gateway(max_body_bytes=limit)
+    budget = gw.app[webhooks.BODY_BUDGET]
+    port = gw.client.port
+    size = 2 * MB + 1  # over the size that goes straight through
+    first = await _start_upload(port, size, 1000)
+    second = await _start_upload(port, size, 1000)
+    await until_true(lambda: budget.free == 2 * limit - 2 * size)
+
+    third = await _start_upload(port, size, 1000)
+    await until_true(lambda: budget.waiting == 1)  # reserved nothing: it holds no memory while it waits
+    small = await gw.post(sim.update_issue(1001, 1, title="small"))
+    assert small.status == 202
+
+    assert await _finish(size, 1000, *first) == 202
+    await until_true(lambda: budget.waiting == 0)
+    assert [await _finish(size, 1000, *second), await _finish(size, 1000, *third)] == [202, 202]
+    await until_true(lambda: budget.free == budget.capacity)
+
+
+async def test_a_body_of_unknown_decoded_size_reserves_the_whole_limit(
+    gateway: MakeClient  # noqa: F811
+) -> None:
+    gw = await gateway(max_body_bytes=2 * MB)
+    budget = gw.app[webhooks.BODY_BUDGET]
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.client.port)
+    packed = gzip.compress(_issue_body(10_000))
+    head = (f"POST {URL} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Gitlab-Event: Issue Hook\r\n"
+            f"X-Gitlab-Token: {SECRET}\r\nContent-Encoding: gzip\r\nContent-Length: {len(packed)}\r\n\r\n")
+    writer.write(head.encode() + packed[:10])
+    await writer.drain()
+
+    await until_true(lambda: budget.free == budget.capacity - 2 * MB)
+
+    writer.write(packed[10:])
+    await writer.drain()
+    assert int((await reader.readline()).split()[1]) == 202
+    writer.close()
+    await until_true(lambda: budget.free == budget.capacity)

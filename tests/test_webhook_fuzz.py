@@ -107,10 +107,19 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     try:
         yield Served(runner.addresses[0][1])
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(stop(runner), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+async def stop(runner: web.AppRunner) -> None:
+    """Clean up, then end the handlers still lingering for bodies the fuzzer never finished sending."""
+    await runner.cleanup()
+    lingering = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in lingering:
+        task.cancel()
+    await asyncio.gather(*lingering, return_exceptions=True)
 
 
 # -- what gets sent -------------------------------------------------------------------------------------
