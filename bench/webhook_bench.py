@@ -142,7 +142,7 @@ def _hook(sim: GitLabSimulator, i: int) -> Webhook:
         return sim.update_merge_request(1001, 1 + i % 10, title=f"mr {i}")
     if i % 4 == 2:
         return sim.add_note(1001, "issue", 1 + i % 20, f"note {i}")
-    return sim.push_event(1001)
+    return sim.push_event(1001, message=f"Fixes #{1 + i % 20}")  # one that mentions nothing is not stored
 
 
 async def load(url: str, requests: Requests, concurrency: int) -> Phase:

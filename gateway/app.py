@@ -48,7 +48,6 @@ def create_app(
     config = shared_config(config)
     app = web.Application(
         middlewares=[errors_middleware],
-        client_max_size=config.webhook.max_body_bytes,
         handler_args={"access_log": None},
     )
     app[CONFIG] = config

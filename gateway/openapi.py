@@ -60,13 +60,15 @@ RATE_HEADERS = {name: _ref("headers", name) for name in ("RateLimit-Limit", "Rat
 
 _ERRORS = {
     400: ("BadRequest", "A parameter (or the body) is invalid; the message names it.",
-          ["invalid_parameter", "invalid_json"]),
+          ["invalid_parameter", "invalid_json", "invalid_content_encoding", "invalid_body"]),
     401: ("Unauthorized", "No bearer token, or one that is malformed, tampered, expired or revoked.",
           ["unauthorized", "invalid_signature"]),
     403: ("Forbidden", "The token lacks the scope this operation needs.", ["forbidden"]),
     404: ("NotFound", "No such resource (also a path id that is not a positive integer).", ["not_found"]),
     405: ("MethodNotAllowed", "The path exists, but not with this method.", ["method_not_allowed"]),
     413: ("PayloadTooLarge", "The body is larger than allowed.", ["payload_too_large"]),
+    415: ("UnsupportedMediaType", "The body's Content-Encoding is not one the gateway decodes.",
+          ["unsupported_content_encoding"]),
     429: ("RateLimited", "Over the rate limit; retry after `Retry-After` seconds.", ["rate_limited"]),
     503: ("NotReady", "The store is not ready or is busy, or the operation is unavailable here.",
           ["not_ready", "embeddings_unavailable"]),
@@ -412,7 +414,7 @@ def _outside_paths() -> JSON:
     webhook = _operation(
         "receiveGitlabWebhook", "GitLab webhooks (X-Gitlab-Token, or Standard Webhooks signatures)",
         {**_ok(_schema("WebhookAccepted"), "Durably recorded (or a duplicate, or ignored)", status=202),
-         **_errors(400, 401, 405, 413, 429, 503)},
+         **_errors(400, 401, 405, 413, 415, 429, 503)},
         tag="webhooks", scope=None, api=False,
         request_body={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
         parameters=[{"name": n, "in": "header", "schema": STRING} for n in

@@ -393,8 +393,9 @@ class GitLabSimulator:
         _item(project.issues if kind == "issue" else project.merge_requests, iid, kind.replace("_", " "))
         self._vanishing.add((project_id, kind, iid))
 
-    def push_event(self, project_id: int) -> Webhook:
-        """A push of one commit to `main` (no item changes)."""
+    def push_event(self, project_id: int, *, message: str = "Update README.md\n") -> Webhook:
+        """A push of one commit to `main` (no item changes); a `message` that mentions an issue or MR
+        (`Fixes #3`) is what makes the gateway look at the project (docs/webhooks.md)."""
         project = self._project(project_id)
         now = self._tick()
         user = self._actor(None)
@@ -402,7 +403,7 @@ class GitLabSimulator:
         after = self._heads[project_id] = random_sha(self._rng)
         project.last_activity_at = rest_time(now)
         commit = {
-            "id": after, "message": "Update README.md\n", "title": "Update README.md",
+            "id": after, "message": message, "title": message.partition("\n")[0],
             "timestamp": hook_time(now), "url": f"{project.web_url}/-/commit/{after}",
             "author": {"name": user.name, "email": "[REDACTED]"},
             "added": [], "modified": ["README.md"], "removed": [],
@@ -413,7 +414,7 @@ class GitLabSimulator:
             "user_id": user.id, "user_name": user.name, "user_username": user.username,
             "user_email": "[REDACTED]", "user_avatar": user.hook()["avatar_url"], "project_id": project.id,
             "project": project.hook(), "commits": [commit], "total_commits_count": 1,
-            "push_options": {}, "repository": project.repository(),
+            "push_options": {}, "repository": _push_repository(project),
         }
         return self._webhook("Push Hook", payload)
 
@@ -764,8 +765,8 @@ class GitLabSimulator:
             "object_kind": "issue", "event_type": "confidential_issue" if confidential else "issue",
             "user": user.hook(), "project": project.hook(), "object_attributes": attrs,
             "labels": attrs["labels"], "changes": changes, "repository": project.repository(),
-            "assignees": hook_users(issue["assignees"]),
         }
+        _add_people(payload, issue, ("assignees",))
         return self._webhook("Confidential Issue Hook" if confidential else "Issue Hook", payload)
 
     def _mr_hook(self, project: Project, mr: JSON, action: str, user: Person, changes: JSON) -> Webhook:
@@ -774,9 +775,9 @@ class GitLabSimulator:
         payload = {
             "object_kind": "merge_request", "event_type": "merge_request", "user": user.hook(),
             "project": project.hook(), "object_attributes": attrs, "labels": attrs["labels"],
-            "changes": changes, "repository": project.repository(), "assignees": hook_users(mr["assignees"]),
-            "reviewers": hook_users(mr["reviewers"]),
+            "changes": changes, "repository": project.repository(),
         }
+        _add_people(payload, mr, ("assignees", "reviewers"))
         return self._webhook("Merge Request Hook", payload)
 
     def _note_hook(self, project: Project, kind: str, parent: JSON, note: JSON, discussion_id: str,
@@ -793,6 +794,20 @@ class GitLabSimulator:
 
 
 # -- module helpers --------------------------------------------------------------------------------
+
+def _add_people(payload: JSON, item: JSON, roles: tuple[str, ...]) -> None:
+    """`assignees` and `reviewers` go in only when there are some, as GitLab's IssuableBuilder does."""
+    for role in roles:
+        if item[role]:
+            payload[role] = hook_users(item[role])
+
+
+def _push_repository(project: Project) -> JSON:
+    """A push carries more of the repository than an issue hook (GitLab's PushDataBuilder)."""
+    hook = project.hook()
+    return {**project.repository(), "git_http_url": hook["git_http_url"], "git_ssh_url": hook["git_ssh_url"],
+            "visibility_level": hook["visibility_level"]}
+
 
 def _item(items: dict[int, JSON], iid: int, what: str) -> JSON:
     if iid not in items:

@@ -3,22 +3,28 @@
 Every check runs in the order of its cost to us, cheapest and least trusting first: the per-address rate
 limit, the body size, authentication, JSON, routing, and only then the (group-committed) inbox write.
 Whatever a client sends, the answer is a documented 4xx or a 202, never a 500: GitLab disables hooks that
-keep failing, so an event we cannot route is stored with no kind rather than refused.
+keep failing, so an event we cannot route is stored with no kind rather than refused. Which GitLab event
+starts which work, and why, is docs/webhooks.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
+import json
 import logging
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import ratelimit
 from gateway.http import ApiError, json_response
@@ -32,6 +38,7 @@ log = logging.getLogger("lore_gateway.webhooks")
 PATH = "/webhooks/gitlab"
 TIMESTAMP_TOLERANCE = 5 * 60  # seconds either side of now (Standard Webhooks)
 _MAX_ID = 2**63 - 1  # SQLite's INTEGER
+Body = bytes | bytearray  # the raw body as read: one buffer, never copied to hand it on
 
 
 # -- authentication --------------------------------------------------------------------------------
@@ -69,7 +76,7 @@ def token_matches(creds: Credentials, token: str) -> bool:
     return matched
 
 
-def signature_matches(creds: Credentials, headers: Mapping[str, str], body: bytes, now: float) -> bool:
+def signature_matches(creds: Credentials, headers: Mapping[str, str], body: Body, now: float) -> bool:
     """Standard Webhooks: any `v1,<base64>` in webhook-signature is HMAC-SHA256 of "{id}.{ts}.{body}"
     under any signing key, and the timestamp is within the tolerance of now."""
     webhook_id = headers.get("webhook-id", "")
@@ -80,10 +87,12 @@ def signature_matches(creds: Credentials, headers: Mapping[str, str], body: byte
     if abs(now - int(timestamp)) > TIMESTAMP_TOLERANCE:
         return False
     given = _signatures(headers.get("webhook-signature", ""))
-    signed = f"{webhook_id}.{timestamp}.".encode("utf-8", "surrogateescape") + body
+    prefix = f"{webhook_id}.{timestamp}.".encode("utf-8", "surrogateescape")
     matched = False
     for key in creds.signing_keys:
-        expected = hmac.new(key, signed, hashlib.sha256).digest()
+        mac = hmac.new(key, prefix, hashlib.sha256)
+        mac.update(body)  # not prefix + body: that would copy a body of up to 25 MB once more
+        expected = mac.digest()
         for signature in given:
             matched |= hmac.compare_digest(expected, signature)
     return matched
@@ -102,7 +111,7 @@ def _signatures(header: str) -> list[bytes]:
     return found
 
 
-def authenticate(creds: Credentials, headers: Mapping[str, str], body: bytes, now: float) -> str | None:
+def authenticate(creds: Credentials, headers: Mapping[str, str], body: Body, now: float) -> str | None:
     """Accept a matching X-Gitlab-Token or a valid signature; return the verified webhook-id (None when the
     request was not signed). Raises ApiError 401 otherwise."""
     if not creds.configured:
@@ -120,6 +129,7 @@ def authenticate(creds: Credentials, headers: Mapping[str, str], body: bytes, no
 
 
 # -- routing ---------------------------------------------------------------------------------------
+# docs/webhooks.md has the table of every GitLab webhook and system-hook event and what happens to it.
 
 @dataclass(frozen=True)
 class Route:
@@ -131,34 +141,81 @@ class Route:
 _ITEM_KINDS = {"issue": "issue", "work_item": "issue", "merge_request": "merge_request"}
 _ISSUE_HOOKS = frozenset({"Issue Hook", "Confidential Issue Hook"})
 _NOTE_HOOKS = frozenset({"Note Hook", "Confidential Note Hook"})
-_PROJECT_HOOKS = frozenset({"Push Hook", "Tag Push Hook", "Pipeline Hook"})
 _NOTEABLES = {"Issue": ("issue", "issue"), "MergeRequest": ("merge_request", "merge_request")}
+_UNMIRRORED_NOTEABLES = frozenset({"Commit", "Snippet"})
+# Work item types REST's issue list never returns: group-level, so nothing in the mirror to refresh.
+_UNMIRRORED_WORK_ITEMS = frozenset({"Epic"})
+# Project events that change the mirrored project row (path, name, description, default branch,
+# visibility), or end it (a configured project that is gone: the pass meets its 404 and says so at once).
+_PROJECT_EVENTS = frozenset({"project_rename", "project_transfer", "project_update", "project_destroy"})
+# What GitLab's commit-message parser turns into a cross-reference (doc/user/project/issues/
+# crosslinking_issues.md): #12, !12, group/project#12, or a URL to an issue or MR. Each adds a system
+# note to the item it names and touches it, and no Note Hook tells us. A false match costs one
+# incremental pass; a miss waits for the timer.
+_MENTION = re.compile(r"[#!]\d|/-/(?:issues|merge_requests|work_items)/\d")
 
 
 def route(event: str, payload: dict[str, Any]) -> Route | None:
-    """What to sync for this event; None for an event kind we do not handle (answered, not stored)."""
+    """What to sync for this event; None for an event that changes nothing mirrored (answered, not stored)."""
     if event in _ISSUE_HOOKS:
+        if _text(_get(payload, "object_attributes", "type")) in _UNMIRRORED_WORK_ITEMS:
+            return None
         return _item_route(payload, expected=("issue", "work_item"))
     if event == "Merge Request Hook":
         return _item_route(payload, expected=("merge_request",))
     if event in _NOTE_HOOKS:
         return _note_route(payload)
-    if event in _PROJECT_HOOKS:
-        project_id = _project_id(payload)
-        return Route(project_id, "project" if project_id is not None else None, None)
+    if event == "Push Hook":
+        return _push_route(payload)
+    if event == "Project Hook":  # group webhooks: project_create (not configured yet) or project_destroy
+        return _project_route(payload, _text(payload.get("event_name")))
     if event == "System Hook":
         return _system_route(payload)
     return None
 
 
+_ROUTED_HEADERS = _ISSUE_HOOKS | _NOTE_HOOKS | {"Merge Request Hook", "Push Hook", "Project Hook", "System Hook"}
+
+
+def routes_by_header(event: str) -> bool:
+    """Whether this X-Gitlab-Event can start work at all; when not, its body is never parsed."""
+    return event in _ROUTED_HEADERS
+
+
 def _system_route(payload: dict[str, Any]) -> Route | None:
-    # System hooks carry every kind under one header; only item and note events touch the mirror.
+    # One header for every kind. Newer events name themselves in object_kind, older ones (and push, which
+    # has no object_kind in a system hook) in event_name. Issues and notes never come as system hooks.
     kind = _text(payload.get("object_kind")) or _text(payload.get("event_name"))
-    if kind in _ITEM_KINDS:
+    if kind == "merge_request":
         return _item_route(payload, expected=(kind,))
-    if kind == "note":
-        return _note_route(payload)
-    return None
+    if kind == "push":
+        return _push_route(payload)
+    return _project_route(payload, kind)
+
+
+def _project_route(payload: dict[str, Any], event_name: str) -> Route | None:
+    if event_name not in _PROJECT_EVENTS:
+        return None
+    project_id = _project_id(payload)
+    return Route(project_id, "project" if project_id is not None else None, None)
+
+
+def _push_route(payload: dict[str, Any]) -> Route | None:
+    """A push changes nothing mirrored by itself (new commits on an MR come as a Merge Request Hook), but a
+    commit message that mentions an issue or MR adds a system note to it. GitLab carries only the newest
+    20 commits (system hooks none): with some left out, a mention may be among them."""
+    commits = payload.get("commits")
+    carried = commits if isinstance(commits, list) else []
+    total = payload.get("total_commits_count")
+    left_out = isinstance(total, int) and not isinstance(total, bool) and total > len(carried)
+    if not left_out and not any(_mentions(commit) for commit in carried):
+        return None
+    project_id = _project_id(payload)
+    return Route(project_id, "project" if project_id is not None else None, None)
+
+
+def _mentions(commit: object) -> bool:
+    return isinstance(commit, dict) and bool(_MENTION.search(_text(commit.get("message"))))
 
 
 def _item_route(payload: dict[str, Any], expected: tuple[str, ...]) -> Route:
@@ -169,10 +226,13 @@ def _item_route(payload: dict[str, Any], expected: tuple[str, ...]) -> Route:
     return _complete(project_id, kind, iid)
 
 
-def _note_route(payload: dict[str, Any]) -> Route:
+def _note_route(payload: dict[str, Any]) -> Route | None:
+    noteable_type = _text(_get(payload, "object_attributes", "noteable_type"))
+    if noteable_type in _UNMIRRORED_NOTEABLES:  # the mirror keeps no commits or snippets
+        return None
     project_id = _project_id(payload)
-    noteable = _NOTEABLES.get(_text(_get(payload, "object_attributes", "noteable_type")))
-    if noteable is None:  # Commit and Snippet notes: stored, nothing in the mirror to refresh
+    noteable = _NOTEABLES.get(noteable_type)
+    if noteable is None:  # missing or unknown: stored for an operator, nothing to refresh
         return Route(project_id, None, None)
     kind, parent = noteable
     return _complete(project_id, kind, _positive_int(_get(payload, parent, "iid")))
@@ -226,15 +286,16 @@ async def receive(request: web.Request) -> web.Response:
     app = request.app
     try:
         event, body, verified_id = await _admit(request)
-        payload = _parse(body)
+        target = route(event, _parse(body)) if routes_by_header(event) else None
     except ApiError:
         app[STATS].rejected += 1
         raise
-    target = route(event, payload)
     if target is None:
         app[STATS].ignored += 1
         return json_response({"accepted": True, "ignored": True}, status=202)
-    accepted = await _store(app[INBOX], _dedupe_key(request, verified_id), event, target, body)
+    kept = _kept(target, body)
+    del body  # a routed event needs only its route: a large buffer goes before the inbox write is awaited
+    accepted = await _store(app[INBOX], _dedupe_key(request, verified_id), event, target, kept)
     _count(app[STATS], accepted)
     app[BUS].publish("webhook.received", {
         "event_id": str(accepted.event_id), "event": event, "project_id": target.project_id,
@@ -244,7 +305,7 @@ async def receive(request: web.Request) -> web.Response:
                           "duplicate": accepted.duplicate}, status=202)
 
 
-async def _admit(request: web.Request) -> tuple[str, bytes, str | None]:
+async def _admit(request: web.Request) -> tuple[str, Body, str | None]:
     """Rate limit, size, authentication: the checks before we trust a byte of the body.
 
     Authenticated and unauthenticated requests spend separate budgets of the client's address, so a flood
@@ -279,26 +340,114 @@ async def _spend(app: web.Application, budget: str) -> None:
                        ratelimit.headers(decision))
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The raw body (signatures cover exact bytes), refused as soon as it is known to exceed `limit`."""
+# Content codings aiohttp decodes before the handler sees a byte (br and zstd only with their optional
+# libraries; without them aiohttp answers 400 itself). GitLab sends none; anything else is refused.
+_DECODED_CODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
+
+
+async def _read_body(request: web.Request, limit: int) -> Body:
+    """The raw body (signatures cover exact bytes), read chunk by chunk into one buffer and refused as soon
+    as it is known to exceed `limit`. aiohttp's client_max_size does not apply here: it guards only
+    request.read(), and this endpoint alone takes bodies as large as GitLab sends (docs/webhooks.md)."""
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in _DECODED_CODINGS:
+        raise ApiError(415, "unsupported_content_encoding",
+                       "the Content-Encoding is not one this gateway decodes (GitLab sends none)")
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+    # Only an encoded body's decoded size is unknown; an unknown size reserves the whole limit.
+    known = request.content_length if coding in ("", "identity") else None
+    reserved = _reservation(known, limit)
+    budget = request.app[BODY_BUDGET]
+    await budget.reserve(reserved)
+    try:
+        return await _read_chunks(request, limit)
+    finally:
+        await budget.release(reserved)
+
+
+async def _read_chunks(request: web.Request, limit: int) -> Body:
     body = bytearray()
-    while chunk := await request.content.readany():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
-    return bytes(body)
+    try:
+        while chunk := await request.content.readany():
+            if len(body) + len(chunk) > limit:  # counts decoded bytes: a gzip bomb stops here too
+                raise _too_large(limit)
+            body += chunk
+    except RequestPayloadError as exc:
+        raise _unreadable(exc) from None
+    return body
+
+
+# -- memory: large bodies share a budget while they are read ---------------------------------------------
+# A body is read before it is authenticated (a signature covers it), so anyone who can connect can make the
+# gateway hold up to `webhook.max_body_bytes` per connection. Bodies of this size or less go straight
+# through (GitLab's are 2-20 KB); larger ones share a budget of twice the limit.
+_SMALL_BODY_BYTES = 1024 * 1024
+
+
+def _reservation(size: int | None, limit: int) -> int:
+    if size is not None and size <= _SMALL_BODY_BYTES:
+        return 0
+    return limit if size is None else size
+
+
+class BodyBudget:
+    """The bytes large webhook bodies may hold while they are read, across all requests of one process.
+
+    A request reserves all it may need before reading its first byte (its Content-Length, or the whole limit
+    when the length is unknown), so a request that waits holds nothing and waiting never deadlocks. Parsing
+    comes after reading and is synchronous: at most one parse at a time adds to this."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.free = capacity
+        self.waiting = 0
+        self._changed = asyncio.Condition()
+
+    async def reserve(self, size: int) -> None:
+        if not size:
+            return
+        async with self._changed:
+            self.waiting += 1
+            try:
+                await self._changed.wait_for(lambda: self.free >= size)
+            finally:
+                self.waiting -= 1
+            self.free -= size
+
+    async def release(self, size: int) -> None:
+        if not size:
+            return
+        async with self._changed:
+            self.free += size
+            self._changed.notify_all()
+
+
+BODY_BUDGET = web.AppKey("webhook_body_budget", BodyBudget)
 
 
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, "payload_too_large", f"the body exceeds the limit of {limit} bytes")
 
 
-def _parse(body: bytes) -> dict[str, Any]:
-    try:
-        payload = orjson.loads(body)  # rejects invalid UTF-8 too
-    except orjson.JSONDecodeError:
+def _unreadable(exc: RequestPayloadError) -> ApiError:
+    """A body aiohttp could not decode: its Content-Encoding lied, or its chunked framing broke."""
+    if isinstance(exc.__cause__, ContentEncodingError):
+        return ApiError(400, "invalid_content_encoding", "the body does not decode as its Content-Encoding says")
+    return ApiError(400, "invalid_body", "the body could not be read as sent")
+
+
+# orjson parses fastest, but at its peak it holds about 13 bytes per byte of JSON (it sizes its value pool
+# for the worst case before it starts): 325 MB for one 25 MB body. Above this size the standard library's
+# parser, which builds the objects as it goes, holds 2 bytes per byte (3 with the body itself), up to 8
+# when a long text has a character outside the BMP (bench/webhook_memory_bench.py measures both).
+_ORJSON_MAX_BYTES = 256 * 1024  # typical hooks are 2-20 KB: they keep the fast path
+
+
+def _parse(body: Body) -> dict[str, Any]:
+    try:  # both reject invalid UTF-8
+        payload = orjson.loads(body) if len(body) <= _ORJSON_MAX_BYTES else json.loads(body.decode())
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError; nesting too deep
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_json", "the body must be a JSON object")
@@ -312,10 +461,13 @@ def _dedupe_key(request: web.Request, verified_id: str | None) -> str | None:
     return verified_id or request.headers.get("Idempotency-Key") or None
 
 
-async def _store(inbox: Inbox, key: str | None, event: str, target: Route, body: bytes) -> Accepted:
+def _kept(target: Route, body: Body) -> bytes:
     # What processing needs is the route; the body is kept only when routing could not understand it,
     # for an operator to look at. Writing every ~2 KB body into the WAL cost a third of intake throughput.
-    kept = body if target.kind is None else b""
+    return bytes(body) if target.kind is None else b""
+
+
+async def _store(inbox: Inbox, key: str | None, event: str, target: Route, kept: bytes) -> Accepted:
     try:
         return await inbox.add(InboxEvent(key, event, target.project_id, target.kind, target.iid, kept))
     except InboxError as exc:
@@ -334,6 +486,7 @@ def _count(stats: WebhookStats, accepted: Accepted) -> None:
 
 async def _inbox_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CREDENTIALS] = Credentials.from_config(app[CONFIG].webhook)
+    app[BODY_BUDGET] = BodyBudget(2 * app[CONFIG].webhook.max_body_bytes)
     inbox = Inbox(app[DB], app[CLOCK])
     await inbox.start()
     app[INBOX] = inbox

@@ -81,7 +81,7 @@ class GatewayConfig:
 class WebhookConfig:
     secrets: tuple[str, ...] = field(default=(), repr=False)
     signing_tokens: tuple[str, ...] = field(default=(), repr=False)
-    max_body_bytes: int = 1048576
+    max_body_bytes: int = 26214400  # GitLab sends up to 25 MB (docs/webhooks.md)
     retention: float = 7 * _DAY
 
 

@@ -27,11 +27,22 @@ class InboxEvent:
     iid: int | None
 
 
+# Group and system hooks speak for every project GitLab has, not only the mirrored ones. An event about a
+# project the mirror does not hold names nothing to fetch (its kind reads as NULL), so it starts no run:
+# the rows in `projects` are the configured projects once a run has resolved them. Before the first run
+# there are none, and nothing is filtered (that run covers every configured project anyway).
+_PENDING = (
+    "SELECT e.id, e.project_id,"
+    " CASE WHEN p.id IS NULL AND EXISTS (SELECT 1 FROM projects) THEN NULL ELSE e.kind END, e.iid"
+    " FROM webhook_events e LEFT JOIN projects p ON p.id = e.project_id"
+    " WHERE e.processed_at IS NULL ORDER BY e.id"
+)
+
+
 async def pending_rows(db: Database) -> list[InboxEvent]:
-    """Every event no committed run has covered yet, oldest first."""
-    rows = await db.fetchall(
-        "SELECT id, project_id, kind, iid FROM webhook_events WHERE processed_at IS NULL ORDER BY id"
-    )
+    """Every event no committed run has covered yet, oldest first; one about a project the mirror does
+    not hold has no kind (docs/webhooks.md)."""
+    rows = await db.fetchall(_PENDING)
     return [InboxEvent(r[0], r[1], r[2], r[3]) for r in rows]
 
 

@@ -81,7 +81,7 @@ def test_default_durations_are_seconds() -> None:
     assert (sync.backoff_base, sync.backoff_max, sync.stale_lock) == (60.0, 14400.0, 600.0)
     assert sync.profile == "balanced"
     assert config.webhook.retention == 7 * 86400.0
-    assert config.webhook.max_body_bytes == 1048576
+    assert config.webhook.max_body_bytes == 26214400  # GitLab's own limit: 25 MB
     assert config.experts.mr_author_half_life == 180 * 86400.0
     assert config.experts.diff_note_half_life == 90 * 86400.0
     assert config.experts.review_half_life == 90 * 86400.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,20 @@ BAD_REQUESTS: dict[str, tuple[Callable[[Webhook], tuple[str, bytes, dict[str, st
     "a JSON string": (lambda h: ("POST", b'"issue"', _headers(h)), 400, "invalid_json"),
     "invalid UTF-8": (lambda h: ("POST", b'{"title": "\xff\xfe"}', _headers(h)), 400, "invalid_json"),
     "an empty body": (lambda h: ("POST", b"", _headers(h)), 400, "invalid_json"),
-    "a 2 MB body": (
-        lambda h: ("POST", b'{"x": "' + b"a" * 2_000_000 + b'"}', _headers(h)), 413, "payload_too_large"),
+    "a gzip header on a body that is not gzip": (
+        lambda h: ("POST", h.body(), {**_headers(h), "Content-Encoding": "gzip"}), 400, "invalid_content_encoding"),
+    "a deflate header on a body that is not deflate": (
+        lambda h: ("POST", h.body(), {**_headers(h), "Content-Encoding": "deflate"}),
+        400, "invalid_content_encoding"),
+    "a truncated gzip body": (  # decodes to a prefix of the JSON: aiohttp does not check gzip's trailer
+        lambda h: ("POST", gzip.compress(h.body())[:-12], {**_headers(h), "Content-Encoding": "gzip"}),
+        400, "invalid_json"),
+    "a Content-Encoding nobody decodes": (
+        lambda h: ("POST", h.body(), {**_headers(h), "Content-Encoding": "compress"}),
+        415, "unsupported_content_encoding"),
+    "two content codings": (
+        lambda h: ("POST", h.body(), {**_headers(h), "Content-Encoding": "gzip, gzip"}),
+        415, "unsupported_content_encoding"),
     "a GET": (lambda h: ("GET", b"", _headers(h)), 405, "method_not_allowed"),
     "a PUT": (lambda h: ("PUT", h.body(), _headers(h)), 405, "method_not_allowed"),
 }
@@ -308,7 +321,8 @@ ROUTES: dict[str, tuple[Callable[[GitLabSimulator], Webhook], tuple[str, int, st
                          ("Note Hook", 1001, "issue", 3)),
     "note on an MR": (lambda s: s.add_note(1001, "merge_request", 2, "LGTM"),
                       ("Note Hook", 1001, "merge_request", 2)),
-    "push": (lambda s: s.push_event(1001), ("Push Hook", 1001, "project", None)),
+    "push mentioning an issue": (lambda s: s.push_event(1001, message="Fix the widget\n\nCloses #3"),
+                                 ("Push Hook", 1001, "project", None)),
 }
 
 
@@ -370,12 +384,26 @@ async def test_a_system_hook_about_something_else_is_ignored(
     assert await gw.rows() == []
 
 
-async def test_a_commit_note_is_stored_with_nothing_to_sync(
+@pytest.mark.parametrize("noteable_type", ["Commit", "Snippet"])
+async def test_a_note_on_something_the_mirror_does_not_keep_is_ignored(
+    noteable_type: str, gateway: MakeClient, sim: GitLabSimulator
+) -> None:
+    gw = await gateway()
+    note = sim.add_note(1001, "issue", 1, "x")
+    attrs = {**note.payload["object_attributes"], "noteable_type": noteable_type}
+
+    response = await gw.post(_variant(note, "Note Hook", object_attributes=attrs))
+
+    assert await response.json() == {"accepted": True, "ignored": True}
+    assert await gw.rows() == []
+
+
+async def test_a_note_whose_noteable_type_is_missing_is_stored_with_its_body(
     gateway: MakeClient, sim: GitLabSimulator
 ) -> None:
     gw = await gateway()
     note = sim.add_note(1001, "issue", 1, "x")
-    attrs = {**note.payload["object_attributes"], "noteable_type": "Commit"}
+    attrs = {k: v for k, v in note.payload["object_attributes"].items() if k != "noteable_type"}
 
     hook = _variant(note, "Note Hook", object_attributes=attrs)
     await gw.post(hook)
@@ -383,6 +411,40 @@ async def test_a_commit_note_is_stored_with_nothing_to_sync(
     rows = await gw.rows()
     assert [(r["project_id"], r["kind"], r["iid"]) for r in rows] == [(1001, None, None)]
     assert rows[0]["payload"] == hook.body()  # kept: nothing routed it, an operator may want to look
+
+
+async def test_a_push_that_mentions_no_issue_or_mr_starts_nothing(
+    gateway: MakeClient, sim: GitLabSimulator
+) -> None:
+    gw = await gateway()
+
+    response = await gw.post(sim.push_event(1001, message="Update README.md\n"))
+
+    assert await response.json() == {"accepted": True, "ignored": True}
+    assert await gw.rows() == [] and gw.published == []
+
+
+@pytest.mark.parametrize("message", ["Fixes #12", "See !4", "acme/other#9 too",
+                                     "http://gitlab.sim/acme/widgets/-/issues/3"])
+def test_each_form_of_mention_makes_a_push_a_project_pass(message: str) -> None:
+    payload = {"project_id": 1001, "commits": [{"message": message}], "total_commits_count": 1}
+
+    assert webhooks.route("Push Hook", payload) == webhooks.Route(1001, "project", None)
+
+
+def test_a_push_with_commits_left_out_is_a_project_pass_whatever_it_carries() -> None:
+    payload = {"project_id": 1001, "commits": [{"message": "nothing"}], "total_commits_count": 21}
+
+    assert webhooks.route("Push Hook", payload) == webhooks.Route(1001, "project", None)
+
+
+async def test_the_body_of_an_event_that_cannot_matter_is_never_parsed(gateway: MakeClient) -> None:
+    gw = await gateway()
+    hook = Webhook(event="Pipeline Hook", payload={})
+
+    response = await gw.client.post(URL, data=b"not even JSON", headers=hook.headers(secret=SECRET))
+
+    assert (response.status, await response.json()) == (202, {"accepted": True, "ignored": True})
 
 
 async def test_an_unknown_event_kind_is_accepted_ignored_and_counted(
