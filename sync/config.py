@@ -192,6 +192,9 @@ _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _PROJECT = re.compile(r"\d+|[\w.-]+(/[\w.-]+)+")
 _MAX_BODY_LIMIT = 64 * 1024 * 1024
+# A signing key, webhook secret or whsec_ key shorter than this is guessable or below what GitLab itself
+# makes: GitLab's signing tokens are whsec_ + base64 of 32 random bytes (gitlab-org/gitlab!231325).
+MIN_SECRET_BYTES = 32
 
 
 # --- durations ---------------------------------------------------------------------------------
@@ -407,6 +410,26 @@ def _token(section: _Section) -> str | None:
     return token
 
 
+def short_secret(value: str) -> int | None:
+    """The byte length of a secret shorter than MIN_SECRET_BYTES, or None when it is long enough."""
+    size = len(value.encode("utf-8"))
+    return size if size < MIN_SECRET_BYTES else None
+
+
+def signing_token_key_bytes(token: str) -> int:
+    """How many bytes the key of a (validated) whsec_ signing token decodes to."""
+    return len(base64.b64decode(token.partition("_")[2]))
+
+
+def _check_signing_keys(section: _Section, keys: tuple[str, ...]) -> None:
+    key = "signing_keys_file" if section.has("signing_keys_file") else "signing_keys"
+    for number, value in enumerate(keys, 1):
+        if (size := short_secret(value)) is not None:
+            section.fail(key, f"entry {number} is {size} bytes long; a signing key needs at least "
+                              f"{MIN_SECRET_BYTES} (make one with: python3 -c 'import secrets; "
+                              "print(secrets.token_urlsafe(32))')")
+
+
 def _check_signing_tokens(section: _Section, tokens: tuple[str, ...]) -> None:
     key = "signing_tokens_file" if section.has("signing_tokens_file") else "signing_tokens"
     for number, token in enumerate(tokens, 1):
@@ -545,7 +568,9 @@ def _sync(section: _Section) -> SyncConfig:
 
 
 def _auth(section: _Section) -> AuthConfig:
-    return AuthConfig(signing_keys=_secret_list(section, "signing_keys"))
+    keys = _secret_list(section, "signing_keys")
+    _check_signing_keys(section, keys)
+    return AuthConfig(signing_keys=keys)
 
 
 def _ratelimit(section: _Section) -> RateLimitConfig:
@@ -678,6 +703,21 @@ def ensure_data_dir(config: Config) -> Path:
     except OSError as err:
         raise ConfigError(f"gateway.data_dir: {data_dir} is not writable: {err.strerror or err}") from None
     return data_dir
+
+
+def config_warnings(config: Config) -> tuple[str, ...]:
+    """Weak but working settings, one sentence each (never a secret's value): `serve` prints them."""
+    notes = []
+    for number, secret in enumerate(config.webhook.secrets, 1):
+        if (size := short_secret(secret)) is not None:
+            notes.append(f"webhook.secrets: entry {number} is {size} bytes long; use at least "
+                         f"{MIN_SECRET_BYTES} random bytes' worth (e.g. python3 -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))')")
+    for number, token in enumerate(config.webhook.signing_tokens, 1):
+        if (size := signing_token_key_bytes(token)) < MIN_SECRET_BYTES:
+            notes.append(f"webhook.signing_tokens: entry {number} holds a {size}-byte key; GitLab makes "
+                         f"{MIN_SECRET_BYTES}-byte ones (whsec_ + base64 of {MIN_SECRET_BYTES} random bytes)")
+    return tuple(notes)
 
 
 def describe(config: Config) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture
 async def gw(aiohttp_client, tmp_path: Path) -> Gateway:
     clock = FakeClock()
-    config = Config(gateway=GatewayConfig(data_dir=tmp_path), auth=AuthConfig(signing_keys=("test-key",)))
+    config = Config(gateway=GatewayConfig(data_dir=tmp_path), auth=AuthConfig(signing_keys=("test-key-" + "t" * 32,)))
     app = create_app(config, clock=clock)
     auth.setup(app)
     app.router.add_post("/api/v1/dummy", requires("sync")(whoami))

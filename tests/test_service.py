@@ -58,11 +58,12 @@ SECRET_ENV = {
     "LORE_GATEWAY_GITLAB_TOKEN": 'glpat-Sup3r$ecret"token`x',
     "LORE_GATEWAY_WEBHOOK_SECRETS": "hook-secret-one,hook-secret-two",
     "LORE_GATEWAY_WEBHOOK_SIGNING_TOKENS": SIGNING_TOKEN,
-    "LORE_GATEWAY_AUTH_SIGNING_KEYS": "auth-key-first-AAAA,auth-key-second-BBBB",
+    "LORE_GATEWAY_AUTH_SIGNING_KEYS": "auth-key-first-AAAA-0123456789abcdef0123456789abcdef,"
+                                      "auth-key-second-BBBB-0123456789abcdef0123456789abcdef",
 }
 SECRET_VALUES = [
     'glpat-Sup3r$ecret"token`x', "hook-secret-one", "hook-secret-two", SIGNING_TOKEN,
-    "auth-key-first-AAAA", "auth-key-second-BBBB",
+    "auth-key-first-AAAA-0123456789abcdef0123456789abcdef", "auth-key-second-BBBB-0123456789abcdef0123456789abcdef",
 ]
 
 
@@ -275,7 +276,7 @@ def test_install_json_says_token_source_env_file_and_names_no_secret_value(rig: 
 
 
 async def test_a_secret_with_a_comma_is_refused_without_showing_it(rig: Rig) -> None:
-    rig.env["LORE_GATEWAY_AUTH_SIGNING_KEYS"] = "fine-key"
+    rig.env["LORE_GATEWAY_AUTH_SIGNING_KEYS"] = "fine-key-0123456789abcdef0123456789abcdef"
     rig.config_path.write_text(rig.config_path.read_text() + '[webhook]\nsecrets = ["a,b-secret"]\n')
     rig.env.pop("LORE_GATEWAY_WEBHOOK_SECRETS")
     with pytest.raises(ServiceError) as caught:

@@ -22,7 +22,7 @@ from gateway.demo import DEMO_PROJECTS, Churn, build_simulator
 from gateway.server import ListenError, configure_logging, running, wait_for_stop_signal
 from gateway.workers import SupervisorError, serve_workers
 from sync.clock import SystemClock
-from sync.config import Config, load_config
+from sync.config import Config, config_warnings, load_config
 from sync.scheduler import resume_service
 from sync.status import sync_status
 
@@ -52,6 +52,8 @@ async def cmd_serve(ctx: Context) -> None:
     if workers < 1:
         raise UsageError("--workers must be at least 1")
     configure_logging(config.gateway.log_level)
+    for warning in config_warnings(config):
+        ctx.err(f"lore-gateway: warning: {warning}")
     if workers > 1:
         await _serve_workers(ctx, workers)
         return
