@@ -695,7 +695,7 @@ def ensure_data_dir(config: Config) -> Path:
     """Create the data directory if needed and prove it writable; the store cannot start otherwise."""
     data_dir = config.gateway.data_dir
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # private: sync.db.make_private
         with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".write-check-"):
             pass
     except FileExistsError:
