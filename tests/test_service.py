@@ -12,9 +12,11 @@ import base64
 import os
 import random
 import shlex
+import shutil
 import stat
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -524,6 +526,64 @@ def test_a_system_install_warns_about_what_its_sandbox_will_not_let_the_service_
     assert any(in_home in n and "cannot see" in n for n in notes)
     assert any("cannot read" in n and str(rig.config_path) in n for n in notes)
     assert any("/var/lib/lore-gateway" in n and "data_dir" in n for n in notes)
+
+
+@pytest.fixture
+def open_rig() -> Iterator[Rig]:
+    """A Rig whose directories every local user may enter (pytest's tmp_path is under a 0700 directory)."""
+    top = Path(tempfile.mkdtemp(prefix="lore-gateway-service-test-"))
+    top.chmod(0o755)
+    try:
+        yield Rig(top)
+    finally:
+        shutil.rmtree(top)
+
+
+def _config_with_inline_secrets(rig: Rig, mode: int) -> None:
+    for name in ("LORE_GATEWAY_GITLAB_TOKEN", "LORE_GATEWAY_AUTH_SIGNING_KEYS"):
+        rig.env.pop(name)
+    key = "inline-signing-key-" + "k" * 32
+    rig.config_path.write_text('[gitlab]\nurl = "https://gitlab.example.com"\ntoken = "glpat-inline-secret"\n'
+                               f'projects = ["acme/widgets"]\n[auth]\nsigning_keys = ["{key}"]\n')
+    rig.config_path.chmod(mode)
+    rig.config_path.parent.chmod(0o755)
+
+
+def _config_notes(rig: Rig, **options: object) -> list[str]:
+    notes = install_warnings(rig.spec(**options), rig.config())
+    assert not any("glpat-inline-secret" in n or "inline-signing-key" in n for n in notes)
+    return [n for n in notes if str(rig.config_path) in n and "cannot see" not in n]  # tmp_path is in /tmp
+
+
+def test_a_world_readable_config_with_inline_secrets_is_warned_about_naming_the_keys(open_rig: Rig) -> None:
+    rig = open_rig
+    _config_with_inline_secrets(rig, 0o644)
+    [note] = _config_notes(rig)
+    assert "readable by every local user" in note and "gitlab.token, auth.signing_keys" in note
+    assert "delete them from it" in note and str(rig.spec().env_file) in note
+
+
+def test_a_private_config_with_inline_secrets_is_not_advised_to_become_world_readable(rig: Rig) -> None:
+    _config_with_inline_secrets(rig, 0o600)
+    [note] = _config_notes(rig)
+    assert "cannot read" in note and "do not make it world-readable as it is" in note
+    assert "delete them from" in note and "gitlab.token, auth.signing_keys" in note
+
+
+def test_a_private_config_without_secrets_is_advised_to_become_world_readable(rig: Rig) -> None:
+    rig.config_path.chmod(0o600)
+    [note] = _config_notes(rig)
+    assert "holds no secrets" in note and "chmod o+r" in note
+
+
+def test_a_user_install_asks_for_chmod_600_on_a_readable_config_with_secrets_and_accepts_a_private_one(
+        open_rig: Rig) -> None:
+    rig = open_rig
+    _config_with_inline_secrets(rig, 0o644)
+    [note] = _config_notes(rig, user=True)
+    assert f"chmod 600 {rig.config_path}" in note
+    rig.config_path.chmod(0o600)
+    assert _config_notes(rig, user=True) == []
 
 
 # --- executable, readiness --------------------------------------------------------------------------
