@@ -117,7 +117,7 @@ async def cmd_resume(ctx: Context) -> dict[str, Any]:
         clock = SystemClock()
         await resume_service(db, clock.now())
         status = await sync_status(db, clock, ctx.config)
-    ctx.out("resumed: automatic syncs may run again (a running `serve` notices within 30 s)")
+    ctx.out("resumed: automatic syncs may run again (a running `serve` notices within a second)")
     ctx.out(render_status(status))
     return status
 
