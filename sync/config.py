@@ -71,6 +71,7 @@ class WebhookConfig:
     signing_tokens: tuple[str, ...] = field(default=(), repr=False)
     max_body_bytes: int = 1048576
     retention: float = 7 * _DAY
+    fsync: bool = False  # inbox commits with synchronous=FULL: an accepted webhook survives a power cut
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ _KEYS: dict[str, frozenset[str]] = {
     "gitlab": frozenset({"url", "token", "token_file", "projects", "concurrency", "timeout"}),
     "gateway": frozenset({"host", "port", "data_dir", "log_level"}),
     "webhook": frozenset(
-        {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "retention"}
+        {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "retention",
+         "fsync"}
     ),
     "sync": frozenset(
         {"interval", "debounce", "max_wait", "profile", "backoff_base", "backoff_max", "stale_lock"}
@@ -548,6 +550,7 @@ def _webhook(section: _Section) -> WebhookConfig:
         signing_tokens=signing_tokens,
         max_body_bytes=section.integer("max_body_bytes", default.max_body_bytes, 1, _MAX_BODY_LIMIT),
         retention=section.duration("retention", default.retention),
+        fsync=section.boolean("fsync", default.fsync),
     )
 
 
@@ -745,6 +748,7 @@ def describe(config: Config) -> dict[str, Any]:
             "signing_token_count": len(webhook.signing_tokens),
             "max_body_bytes": webhook.max_body_bytes,
             "retention": webhook.retention,
+            "fsync": webhook.fsync,
         },
         "sync": dataclasses.asdict(config.sync),
         "auth": {"signing_key_count": len(config.auth.signing_keys)},

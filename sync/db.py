@@ -119,9 +119,15 @@ class Database:
         await self._writer.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One atomic write: committed on exit, rolled back on any exception."""
+    async def transaction(self, *, full_sync: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """One atomic write: committed on exit, rolled back on any exception.
+
+        With `full_sync`, this one commit runs under synchronous=FULL: SQLite fsyncs the WAL before the
+        commit returns, so it survives a power cut, not only a crash of the process (NORMAL's promise).
+        """
         async with self._write_lock:
+            if full_sync:
+                await self._writer.execute("PRAGMA synchronous=FULL")
             try:
                 await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
@@ -132,6 +138,9 @@ class Database:
                 raise
             else:
                 await asyncio.shield(self._writer.commit())
+            finally:
+                if full_sync:
+                    await asyncio.shield(self._writer.execute("PRAGMA synchronous=NORMAL"))
 
     async def check_writable(self) -> None:
         """Take and release the write lock with a no-op write; raises sqlite3.Error when the store cannot write."""

@@ -813,3 +813,10 @@ def test_setting_a_secret_and_its_file_both_in_env_is_an_error(tmp_path: Path) -
 def test_a_redis_url_with_a_bad_port_is_an_error_that_hides_the_password(tmp_path: Path) -> None:
     message = error(tmp_path, LORE_GATEWAY_REDIS_URL="redis://:pw-xyz@cache:99999/0")
     assert message == "redis.url (env LORE_GATEWAY_REDIS_URL): the URL has an invalid port"
+
+
+def test_webhook_fsync_is_off_by_default_and_set_from_toml_or_env(tmp_path: Path) -> None:
+    assert load(tmp_path).webhook.fsync is False
+    assert load(tmp_path, "[webhook]\nfsync = true\n").webhook.fsync is True
+    assert load(tmp_path, LORE_GATEWAY_WEBHOOK_FSYNC="yes").webhook.fsync is True
+    assert describe(load(tmp_path, "[webhook]\nfsync = true\n"))["webhook"]["fsync"] is True
