@@ -210,7 +210,7 @@ def signing_keys(config: Config) -> tuple[str, ...]:
 
 def _key_from_file(path: Path) -> str:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data directory: private
         if not path.exists():
             _create_key_file(path)
         key = path.read_text(encoding="ascii").strip()
