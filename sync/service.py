@@ -27,7 +27,7 @@ import orjson
 from sync import inbox_queries as inbox
 from sync.clock import Clock
 from sync.commands import CommandNotFound, CommandRunner, CommandTimeout
-from sync.config import ENV_PREFIX, Config, ConfigError
+from sync.config import ENV_PREFIX, Config, ConfigError, config_warnings
 from sync.db import Database
 from sync.errors import PermanentError, SyncError, SyncInProgress, TransientError
 from sync.pipeline import SyncRequest
@@ -721,6 +721,7 @@ def install_warnings(spec: ServiceSpec, config: Config) -> list[str]:
         notes += _config_file_notes(spec, spec.config_path)
     if not config.gitlab.enabled:
         notes.append("sync is disabled until gitlab.url and a token are set (the service will only serve)")
+    notes += config_warnings(config)  # weak secrets: the install is when to replace them
     return notes
 
 

@@ -764,3 +764,10 @@ def test_service_run_cli_while_paused_exits_0_and_says_so(tmp_path, monkeypatch,
 def test_an_interval_that_is_not_whole_seconds_is_refused(rig: Rig) -> None:
     with pytest.raises(ConfigError):
         rig.spec(interval=90.5)
+
+
+def test_install_warns_about_a_short_webhook_secret_without_showing_it(rig: Rig) -> None:
+    rig.env["LORE_GATEWAY_WEBHOOK_SECRETS"] = "short-hook"
+    notes = install_warnings(rig.spec(), rig.config())
+    assert any(n.startswith("webhook.secrets: entry 1 is 10 bytes long") for n in notes)
+    assert not any("short-hook" in n for n in notes)
