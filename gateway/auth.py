@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.http import ApiError, Handler, json_response
 from gateway.keys import CLOCK, CONFIG, DB
 from sync.clock import utc_iso
-from sync.tokens import SCOPES, Principal, TokenStore, signing_keys
+from sync.tokens import SCOPES, Principal, TokenStore, UnknownToken, signing_keys
 
 TOKENS = web.AppKey("tokens", TokenStore)
 PRINCIPAL = web.RequestKey("principal", Principal)  # the caller, set by @requires
@@ -102,7 +102,10 @@ def requires(scope: str, *, allow_ticket: bool = False) -> Callable[[Handler], H
 @requires("read")
 async def create_ticket(request: web.Request) -> web.Response:
     """`POST /api/v1/events/ticket`: 201 {"ticket", "expires_at"}, for `GET /api/v1/events?ticket=`."""
-    ticket, expires_at = await request.app[TOKENS].issue_ticket(request[PRINCIPAL])
+    try:
+        ticket, expires_at = await request.app[TOKENS].issue_ticket(request[PRINCIPAL])
+    except UnknownToken:  # the token's row was deleted since it was verified
+        raise _unauthorized("the bearer token is invalid, expired or revoked", invalid_token=True) from None
     return json_response({"ticket": ticket, "expires_at": utc_iso(expires_at)}, status=201,
                          headers={"Cache-Control": "no-store"})
 

@@ -207,7 +207,6 @@ def signing_keys(config: Config) -> tuple[str, ...]:
     return (_key_from_file(config.gateway.data_dir / KEY_FILE_NAME),)
 
 
-
 def _key_from_file(path: Path) -> str:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data directory: private
@@ -412,7 +411,8 @@ class TokenStore:
         row = await self._row(claims.token_id)
         if row is None or claims.binding is None:
             return None
-        if not hmac.compare_digest(claims.binding.encode(), _binding(row.secret_hash, claims.expires_at).encode()):
+        expected = _binding(row.secret_hash, claims.expires_at)
+        if not hmac.compare_digest(claims.binding.encode(), expected.encode()):
             return None
         return self._principal(row, claims.scopes & row.scopes)
 

@@ -352,6 +352,16 @@ async def test_a_ticket_is_bound_to_its_own_token_not_just_its_id(store: TokenSt
     assert await TokenStore(db, FakeClock(), KEYS).verify_ticket(ticket) is None
 
 
+async def test_no_ticket_is_issued_for_a_token_whose_row_is_gone(store: TokenStore, db: Database) -> None:
+    created = await store.create("browser", ["read"], None)
+    principal = await store.verify(created.token)
+    assert principal is not None
+    async with db.transaction() as conn:
+        await conn.execute("DELETE FROM api_tokens WHERE id = ?", (created.id,))
+    with pytest.raises(UnknownToken):
+        await TokenStore(db, FakeClock(), KEYS).issue_ticket(principal)
+
+
 async def test_a_signed_ticket_without_an_expiry_is_refused(store: TokenStore) -> None:
     created = await store.create("browser", ["read"], None)
     signer = URLSafeSerializer(list(KEYS), salt=TICKET_SALT)
