@@ -23,6 +23,7 @@ import json
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -269,6 +270,8 @@ def summarize(rounds: list[dict[str, Any]], requests: int, concurrency: int) -> 
         "ratios": [round(r["ratio"], 3) for r in rounds], "target_ratio": TARGET_RATIO,
         "fsync_ratios": [round(r["fsync_ratio"], 3) for r in rounds],
         **median, "rows_match": all(r["rows_match"] for r in rounds),
+        # fsync against the default is its own median: the round median for gateway/bare need not be it.
+        "fsync_ratio": statistics.median(r["fsync_ratio"] for r in rounds),
     }
 
 
@@ -284,8 +287,8 @@ def print_report(r: dict[str, Any]) -> None:
     verdict = "ok" if r["ratio"] >= r["target_ratio"] else "BELOW TARGET"
     print(f"ratio gateway/bare (median round): {r['ratio']:.2f}x, target >= {r['target_ratio']}x: {verdict}; "
           f"every round: {r['ratios']}")
-    print(f"ratio fsync/gateway (webhook.fsync = true against the default, same round): {r['fsync_ratio']:.2f}x; "
-          f"every round: {r['fsync_ratios']}")
+    print(f"ratio fsync/gateway (webhook.fsync = true against the default, each round side by side; median): "
+          f"{r['fsync_ratio']:.2f}x; every round: {r['fsync_ratios']}")
     if r["transactions"]:
         per = r["rows_per_transaction"]
         print(f"inbox: {r['transactions']} transactions, {per:.1f} rows each on average "
