@@ -81,7 +81,7 @@ def gateway_app(data_dir: Path) -> web.Application:
 
     config = load_config(None, {
         "LORE_GATEWAY_GATEWAY_DATA_DIR": str(data_dir),
-        "LORE_GATEWAY_AUTH_SIGNING_KEYS": "bench-key",
+        "LORE_GATEWAY_AUTH_SIGNING_KEYS": "bench-key-0123456789abcdef0123456789abcdef",
         # Every client uses one token: the per-token limit stays on the path but must not be what is measured.
         "LORE_GATEWAY_RATELIMIT_API": "1000000/minute",
     })

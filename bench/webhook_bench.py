@@ -1,5 +1,8 @@
 """Durably committed webhooks per second through the real app, as a ratio to a bare aiohttp 202 handler.
 
+A third server is the gateway with `webhook.fsync = true` (each inbox commit under synchronous=FULL, so an
+accepted webhook survives a power cut): its ratio to the default gateway is what that setting costs.
+
 Both servers run, one after the other, in a child process, so the load generator (this process, an aiohttp
 client with a fixed number of connections) never competes with the server it measures on the same core. The
 gateway's figure counts only 202s, each of which means a committed inbox row; afterwards the inbox is
@@ -20,6 +23,7 @@ import json
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,14 +58,14 @@ def bare_app() -> web.Application:
     return app
 
 
-def gateway_app(data_dir: Path, requests: int) -> web.Application:
+def gateway_app(data_dir: Path, requests: int, *, fsync: bool = False) -> web.Application:
     from gateway import webhooks
     from gateway.app import create_app
     from sync.config import Config, GatewayConfig, RateLimitConfig, WebhookConfig
 
     # Every request comes from one address: the limit stays on the path but must not be what is measured.
     rate = f"{max(6000, 2 * requests)}/minute"
-    config = Config(gateway=GatewayConfig(data_dir=data_dir), webhook=WebhookConfig(secrets=(SECRET,)),
+    config = Config(gateway=GatewayConfig(data_dir=data_dir), webhook=WebhookConfig(secrets=(SECRET,), fsync=fsync),
                     ratelimit=RateLimitConfig(webhook=rate))
     app = create_app(config)
     webhooks.setup(app)  # a no-op if create_app already wires it
@@ -69,7 +73,7 @@ def gateway_app(data_dir: Path, requests: int) -> web.Application:
 
 
 async def serve(kind: str, data_dir: Path, requests: int) -> None:
-    app = bare_app() if kind == "bare" else gateway_app(data_dir, requests)
+    app = bare_app() if kind == "bare" else gateway_app(data_dir, requests, fsync=kind == "fsync")
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -242,12 +246,17 @@ def inbox_rows(data_dir: Path) -> int:
 def one_round(data_dir: Path, warmup: Requests, measured: Requests, concurrency: int) -> dict[str, Any]:
     bare = run_one("bare", data_dir / "bare", warmup, measured, concurrency)
     gw = run_one("gateway", data_dir / "gateway", warmup, measured, concurrency)
+    synced = run_one("fsync", data_dir / "fsync", warmup, measured, concurrency)
     rows = inbox_rows(data_dir / "gateway")
+    synced_rows = inbox_rows(data_dir / "fsync")
     stats = gw.server_stats
     return {
-        "bare": asdict(bare.result), "gateway": asdict(gw.result),
+        "bare": asdict(bare.result), "gateway": asdict(gw.result), "fsync": asdict(synced.result),
         "ratio": gw.result.per_second / bare.result.per_second if bare.result.per_second else 0.0,
-        "inbox_rows": rows, "accepted_202": gw.accepted, "rows_match": rows == gw.accepted,
+        "fsync_ratio": synced.result.per_second / gw.result.per_second if gw.result.per_second else 0.0,
+        "fsync_transactions": synced.server_stats.get("commits"),
+        "inbox_rows": rows, "accepted_202": gw.accepted,
+        "rows_match": rows == gw.accepted and synced_rows == synced.accepted,
         "transactions": stats.get("commits"),
         "rows_per_transaction": stats["rows"] / stats["commits"] if stats.get("commits") else None,
     }
@@ -259,7 +268,10 @@ def summarize(rounds: list[dict[str, Any]], requests: int, concurrency: int) -> 
     return {
         "requests": requests, "concurrency": concurrency, "cpus": os.cpu_count(), "rounds": len(rounds),
         "ratios": [round(r["ratio"], 3) for r in rounds], "target_ratio": TARGET_RATIO,
+        "fsync_ratios": [round(r["fsync_ratio"], 3) for r in rounds],
         **median, "rows_match": all(r["rows_match"] for r in rounds),
+        # fsync against the default is its own median: the round median for gateway/bare need not be it.
+        "fsync_ratio": statistics.median(r["fsync_ratio"] for r in rounds),
     }
 
 
@@ -267,7 +279,7 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"webhook bench: {r['requests']} requests x {r['rounds']} round(s), {r['concurrency']} "
           f"connections, {r['cpus']} CPUs; each server in its own process, the load generator in this one")
     print(f"{'':10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'server CPU us/req':>19}  statuses")
-    for name in ("bare", "gateway"):
+    for name in ("bare", "gateway", "fsync"):
         x = r[name]
         cpu = f"{x['server_cpu_us']:.0f}" if x["server_cpu_us"] is not None else "n/a"
         figures = f"{x['per_second']:>9.0f}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}{cpu:>19}"
@@ -275,9 +287,12 @@ def print_report(r: dict[str, Any]) -> None:
     verdict = "ok" if r["ratio"] >= r["target_ratio"] else "BELOW TARGET"
     print(f"ratio gateway/bare (median round): {r['ratio']:.2f}x, target >= {r['target_ratio']}x: {verdict}; "
           f"every round: {r['ratios']}")
+    print(f"ratio fsync/gateway (webhook.fsync = true against the default, each round side by side; median): "
+          f"{r['fsync_ratio']:.2f}x; every round: {r['fsync_ratios']}")
     if r["transactions"]:
         per = r["rows_per_transaction"]
-        print(f"inbox: {r['transactions']} transactions, {per:.1f} rows each on average")
+        print(f"inbox: {r['transactions']} transactions, {per:.1f} rows each on average "
+              f"(with fsync: {r['fsync_transactions']} transactions)")
     match = "ok" if r["rows_match"] else "MISMATCH"
     print(f"inbox rows {r['inbox_rows']} == 202s returned (warm-up included) {r['accepted_202']}: {match}")
 
@@ -290,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="bare-then-gateway rounds; the median is shown")
     parser.add_argument("--quick", action="store_true", help="a tiny run, for the test suite")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    parser.add_argument("--serve", choices=("bare", "gateway"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=("bare", "gateway", "fsync"), help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
@@ -16,18 +17,23 @@ from aiohttp import web
 from gateway.http import ApiError, Handler, json_response
 from gateway.keys import CLOCK, CONFIG, DB
 from sync.clock import utc_iso
-from sync.tokens import SCOPES, Principal, TokenStore, signing_keys
+from sync.tokens import SCOPES, Principal, TokenStore, UnknownToken, signing_keys
 
 TOKENS = web.AppKey("tokens", TokenStore)
 PRINCIPAL = web.RequestKey("principal", Principal)  # the caller, set by @requires
 
 _REALM = 'Bearer realm="lore-gateway"'
+log = logging.getLogger("lore_gateway.auth")
 
 
 async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context: the token store, on the app's database, clock and signing keys."""
     keys = await asyncio.to_thread(signing_keys, app[CONFIG])  # may create the key file
     app[TOKENS] = TokenStore(app[DB], app[CLOCK], keys)
+    if legacy := await app[TOKENS].legacy_count():
+        log.warning("%d live API token(s) were made before tokens had a random part, so the signing key and the "
+                    "database together can recreate them: replace them (`token list` marks them legacy; "
+                    "docs/operations.md, \"Tokens\")", legacy)
     yield
 
 
@@ -96,7 +102,10 @@ def requires(scope: str, *, allow_ticket: bool = False) -> Callable[[Handler], H
 @requires("read")
 async def create_ticket(request: web.Request) -> web.Response:
     """`POST /api/v1/events/ticket`: 201 {"ticket", "expires_at"}, for `GET /api/v1/events?ticket=`."""
-    ticket, expires_at = request.app[TOKENS].issue_ticket(request[PRINCIPAL])
+    try:
+        ticket, expires_at = await request.app[TOKENS].issue_ticket(request[PRINCIPAL])
+    except UnknownToken:  # the token's row was deleted since it was verified
+        raise _unauthorized("the bearer token is invalid, expired or revoked", invalid_token=True) from None
     return json_response({"ticket": ticket, "expires_at": utc_iso(expires_at)}, status=201,
                          headers={"Cache-Control": "no-store"})
 

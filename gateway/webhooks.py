@@ -487,7 +487,7 @@ def _count(stats: WebhookStats, accepted: Accepted) -> None:
 async def _inbox_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CREDENTIALS] = Credentials.from_config(app[CONFIG].webhook)
     app[BODY_BUDGET] = BodyBudget(2 * app[CONFIG].webhook.max_body_bytes)
-    inbox = Inbox(app[DB], app[CLOCK])
+    inbox = Inbox(app[DB], app[CLOCK], fsync=app[CONFIG].webhook.fsync)
     await inbox.start()
     app[INBOX] = inbox
     yield

@@ -83,6 +83,7 @@ class WebhookConfig:
     signing_tokens: tuple[str, ...] = field(default=(), repr=False)
     max_body_bytes: int = 26214400  # GitLab sends up to 25 MB (docs/webhooks.md)
     retention: float = 7 * _DAY
+    fsync: bool = False  # inbox commits with synchronous=FULL: an accepted webhook survives a power cut
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,8 @@ _KEYS: dict[str, frozenset[str]] = {
          "keepalive_timeout"}
     ),
     "webhook": frozenset(
-        {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "retention"}
+        {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "retention",
+         "fsync"}
     ),
     "sync": frozenset(
         {"interval", "debounce", "max_wait", "profile", "backoff_base", "backoff_max", "stale_lock",
@@ -211,6 +213,9 @@ _FALSE = frozenset({"false", "0", "no", "off"})
 _PROJECT = re.compile(r"\d+|[\w.-]+(/[\w.-]+)+")
 _MAX_BODY_LIMIT = 64 * 1024 * 1024
 _MAX_SSE = 1_000_000  # far beyond any descriptor limit; a typo of a few zeros still fails
+# A signing key, webhook secret or whsec_ key shorter than this is guessable or below what GitLab itself
+# makes: GitLab's signing tokens are whsec_ + base64 of 32 random bytes (gitlab-org/gitlab!231325).
+MIN_SECRET_BYTES = 32
 
 
 # --- durations ---------------------------------------------------------------------------------
@@ -426,6 +431,26 @@ def _token(section: _Section) -> str | None:
     return token
 
 
+def short_secret(value: str) -> int | None:
+    """The byte length of a secret shorter than MIN_SECRET_BYTES, or None when it is long enough."""
+    size = len(value.encode("utf-8"))
+    return size if size < MIN_SECRET_BYTES else None
+
+
+def signing_token_key_bytes(token: str) -> int:
+    """How many bytes the key of a (validated) whsec_ signing token decodes to."""
+    return len(base64.b64decode(token.partition("_")[2]))
+
+
+def _check_signing_keys(section: _Section, keys: tuple[str, ...]) -> None:
+    key = "signing_keys_file" if section.has("signing_keys_file") else "signing_keys"
+    for number, value in enumerate(keys, 1):
+        if (size := short_secret(value)) is not None:
+            section.fail(key, f"entry {number} is {size} bytes long; a signing key needs at least "
+                              f"{MIN_SECRET_BYTES} (make one with: python3 -c 'import secrets; "
+                              "print(secrets.token_urlsafe(32))')")
+
+
 def _check_signing_tokens(section: _Section, tokens: tuple[str, ...]) -> None:
     key = "signing_tokens_file" if section.has("signing_tokens_file") else "signing_tokens"
     for number, token in enumerate(tokens, 1):
@@ -560,6 +585,7 @@ def _webhook(section: _Section) -> WebhookConfig:
         signing_tokens=signing_tokens,
         max_body_bytes=section.integer("max_body_bytes", default.max_body_bytes, 1, _MAX_BODY_LIMIT),
         retention=section.duration("retention", default.retention),
+        fsync=section.boolean("fsync", default.fsync),
     )
 
 
@@ -581,7 +607,9 @@ def _sync(section: _Section) -> SyncConfig:
 
 
 def _auth(section: _Section) -> AuthConfig:
-    return AuthConfig(signing_keys=_secret_list(section, "signing_keys"))
+    keys = _secret_list(section, "signing_keys")
+    _check_signing_keys(section, keys)
+    return AuthConfig(signing_keys=keys)
 
 
 def _ratelimit(section: _Section) -> RateLimitConfig:
@@ -706,7 +734,7 @@ def ensure_data_dir(config: Config) -> Path:
     """Create the data directory if needed and prove it writable; the store cannot start otherwise."""
     data_dir = config.gateway.data_dir
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # private: sync.db.make_private
         with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".write-check-"):
             pass
     except FileExistsError:
@@ -714,6 +742,21 @@ def ensure_data_dir(config: Config) -> Path:
     except OSError as err:
         raise ConfigError(f"gateway.data_dir: {data_dir} is not writable: {err.strerror or err}") from None
     return data_dir
+
+
+def config_warnings(config: Config) -> tuple[str, ...]:
+    """Weak but working settings, one sentence each (never a secret's value): `serve` prints them."""
+    notes = []
+    for number, secret in enumerate(config.webhook.secrets, 1):
+        if (size := short_secret(secret)) is not None:
+            notes.append(f"webhook.secrets: entry {number} is {size} bytes long; use at least "
+                         f"{MIN_SECRET_BYTES} random bytes' worth (e.g. python3 -c 'import secrets; "
+                         "print(secrets.token_urlsafe(32))')")
+    for number, token in enumerate(config.webhook.signing_tokens, 1):
+        if (size := signing_token_key_bytes(token)) < MIN_SECRET_BYTES:
+            notes.append(f"webhook.signing_tokens: entry {number} holds a {size}-byte key; GitLab makes "
+                         f"{MIN_SECRET_BYTES}-byte ones (whsec_ + base64 of {MIN_SECRET_BYTES} random bytes)")
+    return tuple(notes)
 
 
 def describe(config: Config) -> dict[str, Any]:
@@ -745,6 +788,7 @@ def describe(config: Config) -> dict[str, Any]:
             "signing_token_count": len(webhook.signing_tokens),
             "max_body_bytes": webhook.max_body_bytes,
             "retention": webhook.retention,
+            "fsync": webhook.fsync,
         },
         "sync": dataclasses.asdict(config.sync),
         "auth": {"signing_key_count": len(config.auth.signing_keys)},

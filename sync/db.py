@@ -12,6 +12,9 @@ aiosqlite's thread and back cost more than the query (for a 100-issue page, the
 gateway's requests/s went from 0.51k to 0.98k when it stopped doing so). A read
 that runs longer is interrupted and runs again on the reader thread, so the loop
 is never held for longer than the budget.
+
+The mirror may hold confidential issues, so the data directory is 0700 and the database files 0600
+whatever the umask (see `make_private`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import stat
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -42,9 +46,41 @@ _BUDGET_CHECK_STEPS = 1000  # SQLite VM instructions between looks at the clock 
 _RUN_ON_THREAD = frozenset({"SQLITE_INTERRUPT", "SQLITE_BUSY", "SQLITE_LOCKED"})  # over budget, or a lock
 
 
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def make_private(path: Path) -> None:
+    """The database's directory 0700 and the database with its -wal/-shm/-journal 0600, whatever the umask.
+
+    The database file is created 0600 before SQLite opens it: SQLite gives the -wal and -shm files it
+    creates later the main file's mode, so that covers them. Files left wider by an older version are
+    narrowed, when this process owns them (another user's files are theirs to fix).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    _narrow(path.parent, PRIVATE_DIR_MODE)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        pass  # opened as it is: a reader that only may read it must not need to write it
+    for file in (path, *(path.with_name(path.name + suffix) for suffix in _SIDE_FILES)):
+        _narrow(file, PRIVATE_FILE_MODE)
+
+
+def _narrow(path: Path, allowed: int) -> None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & ~allowed and info.st_uid == os.geteuid():
+        os.chmod(path, mode & allowed)
+
+
 def migrate(path: Path) -> list[str]:
-    """Create the database if needed and apply pending migrations; return what was applied."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Create the database if needed (private: see make_private) and apply pending migrations."""
+    make_private(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -67,6 +103,8 @@ class Database:
     async def open(cls, path: Path, *, migrate_first: bool = True) -> Database:
         if migrate_first:
             await asyncio.to_thread(migrate, path)
+        else:
+            await asyncio.to_thread(make_private, path)
         writer = await _connect(path)
         try:
             reader = await _connect(path)
@@ -81,9 +119,15 @@ class Database:
         await self._writer.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One atomic write: committed on exit, rolled back on any exception."""
+    async def transaction(self, *, full_sync: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """One atomic write: committed on exit, rolled back on any exception.
+
+        With `full_sync`, this one commit runs under synchronous=FULL: SQLite fsyncs the WAL before the
+        commit returns, so it survives a power cut, not only a crash of the process (NORMAL's promise).
+        """
         async with self._write_lock:
+            if full_sync:
+                await self._writer.execute("PRAGMA synchronous=FULL")
             try:
                 await self._writer.execute("BEGIN IMMEDIATE")
                 yield self._writer
@@ -94,6 +138,9 @@ class Database:
                 raise
             else:
                 await asyncio.shield(self._writer.commit())
+            finally:
+                if full_sync:
+                    await asyncio.shield(self._writer.execute("PRAGMA synchronous=NORMAL"))
 
     async def check_ready(self) -> None:
         """Raise sqlite3.Error unless the store is migrated, readable and may be written.

@@ -4,6 +4,9 @@ A commit costs far more than a row, so writes are group-committed: one writer ta
 commits everything waiting in ONE transaction, while callers await their own row's result. Under load
 batches grow by themselves (whatever arrives during a commit goes into the next one); when idle a lone
 event is committed at once, with no timer adding latency.
+
+"Durable" means committed in WAL mode with synchronous=NORMAL: it survives a crash of the process, not a
+power cut (the last commits may be lost then). `fsync=True` (`webhook.fsync`) commits with synchronous=FULL.
 """
 
 from __future__ import annotations
@@ -54,10 +57,12 @@ class _Pending:
 class Inbox:
     """Group-committing writer of `webhook_events`; `start()` before `add()`, `close()` flushes."""
 
-    def __init__(self, db: Database, clock: Clock, *, max_batch: int = 512) -> None:
+    def __init__(self, db: Database, clock: Clock, *, max_batch: int = 512, fsync: bool = False) -> None:
+        """`fsync`: each commit waits for the disk (synchronous=FULL), so it survives a power cut too."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._db = db
+        self._fsync = fsync
         self._clock = clock
         self._max_batch = max_batch
         self._queue: deque[_Pending] = deque()
@@ -127,7 +132,7 @@ class Inbox:
 
     async def _store(self, events: Sequence[InboxEvent]) -> list[Accepted]:
         keys = {e.idempotency_key for e in events if e.idempotency_key is not None}
-        async with self._db.transaction() as conn:
+        async with self._db.transaction(full_sync=self._fsync) as conn:
             # Ids are assigned inside the write transaction (no other writer can interleave), so the whole
             # batch goes in with one executemany and each caller still learns its own row id.
             next_id, existing = await _next_id_and_existing(conn, keys)

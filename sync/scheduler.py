@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 # The loop re-reads service_state at least this often, so a `resume` from another process takes effect.
 STATE_POLL = 30.0
+# How often (real seconds) a watcher looks for another process's change to service_state, such as the
+# CLI's `resume`: one `PRAGMA data_version` per look, a one-row read only after some commit.
+STATE_WATCH = 0.5
 # After SyncInProgress (another process holds the lock), retry after max(sync.debounce, this).
 MIN_IN_PROGRESS_RETRY = 1.0
 # Among triggers due at once, the run is named after the first; any but "webhook" makes it incremental.
@@ -193,6 +196,7 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._published: tuple[str, str | None, int] | None = None
+        self._watch: asyncio.Task[None] | None = None
 
     # -- public API ------------------------------------------------------------------------------------
 
@@ -210,6 +214,7 @@ class Scheduler:
         self._bus.add_listener(self._on_event)
         self._task = asyncio.create_task(self._run_loop(), name="lore-gateway-scheduler")
         self._task.add_done_callback(_log_crash)
+        self._watch = asyncio.create_task(self._watch_service_state(), name="lore-gateway-state-watch")
         self._publish_state()
 
     async def stop(self) -> None:
@@ -218,6 +223,10 @@ class Scheduler:
         Safe to call more than once, and before `start`.
         """
         self._bus.remove_listener(self._on_event)
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            await asyncio.wait({watch})
         task, self._task = self._task, None
         if task is None:
             return
@@ -333,6 +342,25 @@ class Scheduler:
         if self._wants.burst_first is None and await inbox.has_pending(self._db):
             # Left by a failed run, a restart or another process: process them like a fresh burst.
             self._note_events()
+
+    async def _watch_service_state(self) -> None:
+        """Wake the loop within STATE_WATCH when service_state changes under it (a `resume` from the CLI).
+
+        Real time, not the Clock: other processes act in real time. PRAGMA data_version changes when any
+        other connection commits, so an idle gateway costs one pragma per look.
+        """
+        seen = None
+        while True:
+            await asyncio.sleep(STATE_WATCH)
+            try:
+                version = await self._db.fetchval("PRAGMA data_version")
+                if version == seen:
+                    continue
+                seen = version
+                if await read_service_state(self._db) != self._service:
+                    self._wake_loop()
+            except sqlite3.OperationalError as err:  # busy or locked past the timeout: look again later
+                logger.warning("scheduler: cannot watch service_state: %s", err)
 
     def _note_events(self) -> bool:
         """Start or extend the burst; True if this started it."""

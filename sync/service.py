@@ -14,6 +14,7 @@ import os
 import random
 import re
 import stat
+import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,7 @@ import orjson
 from sync import inbox_queries as inbox
 from sync.clock import Clock
 from sync.commands import CommandNotFound, CommandRunner, CommandTimeout
-from sync.config import ENV_PREFIX, Config, ConfigError
+from sync.config import ENV_PREFIX, Config, ConfigError, config_warnings
 from sync.db import Database
 from sync.errors import PermanentError, SyncError, SyncInProgress, TransientError
 from sync.pipeline import SyncRequest
@@ -716,14 +717,50 @@ def install_warnings(spec: ServiceSpec, config: Config) -> list[str]:
         )
     if not spec.user:
         notes += [_hidden_note(path) for path in _paths_the_service_reads(spec) if _is_hidden(path)]
-        if spec.config_path is not None and not _world_readable(spec.config_path):
-            notes.append(
-                f"the service's dynamic user cannot read {spec.config_path}: make it and its directories "
-                "world-readable (chmod o+r, o+x); its secrets are in the env file, not needed in the config"
-            )
+    if spec.config_path is not None:
+        notes += _config_file_notes(spec, spec.config_path)
     if not config.gitlab.enabled:
         notes.append("sync is disabled until gitlab.url and a token are set (the service will only serve)")
+    notes += config_warnings(config)  # weak secrets: the install is when to replace them
     return notes
+
+
+def _config_file_notes(spec: ServiceSpec, path: Path) -> list[str]:
+    """Who can read the config file, against who must and what it holds.
+
+    A system unit runs as a dynamic user (DynamicUser=yes: a UID allocated at start), so only the file's
+    "other" bits can let it read the config; that is why it must be world-readable, and why it then must
+    not hold secrets. The install copies every secret into the 0600 env file (or the units), so the
+    config file never needs them: the advice is to delete them from it, never to widen a file that has them.
+    """
+    inline = inline_secret_keys(path)
+    readable = _world_readable(path)
+    where = "the units" if spec.embed_secrets else f"the 0600 env file {spec.env_file}"
+    held = ", ".join(inline)
+    if readable and inline:
+        fix = ("delete them from it" if not spec.user
+               else f"delete them from it, or chmod 600 {path} (the service runs as you)")
+        return [f"{path} is readable by every local user and holds secrets written in it ({held}): this install "
+                f"copied them into {where}, which is all the service reads them from, so {fix}"]
+    if readable or spec.user:
+        return []
+    if inline:
+        return [f"the service's dynamic user cannot read {path}, and it holds secrets ({held}): do not make it "
+                f"world-readable as it is. This install copied them into {where}: delete them from {path}, "
+                "then make it and its directories world-readable (chmod o+r on it, o+x on its directories)"]
+    return [f"the service's dynamic user cannot read {path}: it holds no secrets (they are in {where}), so make "
+            "it and its directories world-readable (chmod o+r on it, o+x on its directories)"]
+
+
+def inline_secret_keys(path: Path) -> tuple[str, ...]:
+    """The secret keys (SECRET_KEYS) written directly in the TOML file, as section.key; () if unreadable."""
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return ()
+    return tuple(f"{section}.{key}" for section, key in SECRET_KEYS
+                 if isinstance(document.get(section), dict) and key in document[section])
 
 
 def _paths_the_service_reads(spec: ServiceSpec) -> list[Path]:

@@ -1,8 +1,10 @@
 """API tokens: the api_tokens store, the signing keys, and short-lived SSE tickets.
 
-A token is `lgw_` + an itsdangerous-signed {"id", "s"} payload; only its sha256 is stored. The
-signature turns away forgeries before any read; the row, cached for at most ROW_CACHE_SECONDS, makes
-expiry and revocation authoritative (another process honours a revoked token for at most that long).
+A token is `lgw_` + an itsdangerous-signed {"id", "s", "r"} payload, "r" being 128 random bits that are
+never stored: only the token's sha256 is, so neither the signing key nor the database, nor both, can
+recreate a token. The signature turns away forgeries before any read; the row, cached for at most
+ROW_CACHE_SECONDS, makes expiry and revocation authoritative. A ticket carries an HMAC keyed by its
+token's hash, so only a token's holder (or the database) can have one made for that token.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import orjson
 from itsdangerous import BadData, Serializer, URLSafeSerializer, URLSafeTimedSerializer
 
 from sync.clock import Clock, utc_iso
-from sync.config import Config, ConfigError
+from sync.config import MIN_SECRET_BYTES, Config, ConfigError, short_secret
 from sync.db import Database
 
 log = logging.getLogger("lore_gateway.tokens")
@@ -39,6 +41,7 @@ TICKET_TTL = 60.0
 ROW_CACHE_SECONDS = 5.0
 TOUCH_INTERVAL = 60.0
 KEY_FILE_NAME = "signing.key"
+RANDOM_BYTES = 16  # 128 bits per token
 
 _MAX_TEXT = 4096  # longer input is not one of ours: refuse it before any work
 _MAX_NAME = 200
@@ -46,7 +49,7 @@ _MAX_TTL = 100 * 365 * 86400.0
 _MAX_ID = 2**63 - 1  # SQLite's INTEGER range
 _MAX_REMEMBERED = 4096  # verified token texts kept in memory
 _ROW_COLUMNS = "id, name, scopes, secret_hash, expires_at, revoked_at"
-_INFO_COLUMNS = "id, name, scopes, created_at, expires_at, revoked_at, last_used_at"
+_INFO_COLUMNS = "id, name, scopes, created_at, expires_at, revoked_at, last_used_at, random_bits"
 
 
 class BadTokenRequest(ValueError):
@@ -100,6 +103,7 @@ class TokenInfo:
     expires_at: float | None
     revoked_at: float | None
     last_used_at: float | None
+    legacy: bool = False  # made before tokens had a random part: the key and the database recreate it
 
     def status(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -115,6 +119,7 @@ class TokenInfo:
             "expires_at": utc_iso(self.expires_at),
             "revoked_at": utc_iso(self.revoked_at),
             "last_used_at": utc_iso(self.last_used_at),
+            "legacy": self.legacy,
         }
 
 
@@ -135,6 +140,7 @@ class _Claims:
     token_id: int
     scopes: frozenset[str]
     expires_at: float | None = None
+    binding: str | None = None  # a ticket's tie to its token (see _binding)
 
 
 # --- scopes and validation ---------------------------------------------------------------------
@@ -176,6 +182,13 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def _binding(secret_hash: str, expires_at: float) -> str:
+    """What ties a ticket to its token: an HMAC keyed by the token's hash, which a signing key alone
+    cannot produce."""
+    message = repr(float(expires_at)).encode()
+    return hmac.new(secret_hash.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
 def _scope_set(raw: object) -> frozenset[str]:
     return frozenset(s for s in raw if s in SCOPES) if isinstance(raw, list) else frozenset()
 
@@ -196,7 +209,7 @@ def signing_keys(config: Config) -> tuple[str, ...]:
 
 def _key_from_file(path: Path) -> str:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # the data directory: private
         if not path.exists():
             _create_key_file(path)
         key = path.read_text(encoding="ascii").strip()
@@ -207,6 +220,9 @@ def _key_from_file(path: Path) -> str:
     if not key or any(char.isspace() for char in key):
         raise ConfigError(f"auth: the signing key file {path} must hold one key "
                           "(delete it to make a new one)")
+    if (size := short_secret(key)) is not None:
+        raise ConfigError(f"auth: the key in the signing key file {path} is {size} bytes long; a signing "
+                          f"key needs at least {MIN_SECRET_BYTES} (delete the file to have a new one made)")
     return key
 
 
@@ -254,7 +270,10 @@ def _claims(payload: dict[str, Any] | None) -> _Claims | None:
     expires_at = payload.get("exp")
     if expires_at is not None and (type(expires_at) not in (int, float) or not math.isfinite(expires_at)):
         return None
-    return _Claims(token_id, _scope_set(scopes), expires_at)
+    binding = payload.get("b")
+    if binding is not None and not isinstance(binding, str):
+        return None
+    return _Claims(token_id, _scope_set(scopes), expires_at, binding)
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -290,13 +309,14 @@ class TokenStore:
         expires_at = None if ttl_seconds is None else now + ttl_seconds
         async with self._db.transaction() as conn:
             cursor = await conn.execute(
-                "INSERT INTO api_tokens (name, scopes, secret_hash, created_at, expires_at)"
-                " VALUES (?, ?, '', ?, ?)",
-                (name, orjson.dumps(chosen).decode(), now, expires_at),
+                "INSERT INTO api_tokens (name, scopes, secret_hash, created_at, expires_at, random_bits)"
+                " VALUES (?, ?, '', ?, ?, ?)",
+                (name, orjson.dumps(chosen).decode(), now, expires_at, RANDOM_BYTES * 8),
             )
             token_id = cursor.lastrowid
             assert token_id is not None
-            token = TOKEN_PREFIX + self._tokens.dumps({"id": token_id, "s": list(chosen)})
+            payload = {"id": token_id, "s": list(chosen), "r": secrets.token_urlsafe(RANDOM_BYTES)}
+            token = TOKEN_PREFIX + self._tokens.dumps(payload)
             await conn.execute("UPDATE api_tokens SET secret_hash = ? WHERE id = ?",
                                (_digest(token), token_id))
         return CreatedToken(token_id, name, chosen, expires_at, token)
@@ -369,22 +389,38 @@ class TokenStore:
             # Bookkeeping only: a busy database must not fail the request that was already allowed.
             log.warning("could not record the use of token %d: %s", principal.token_id, err)
 
-    def issue_ticket(self, principal: Principal) -> tuple[str, float]:
-        """A ticket for `?ticket=` (EventSource cannot send headers), valid TICKET_TTL seconds."""
+    async def issue_ticket(self, principal: Principal) -> tuple[str, float]:
+        """A ticket for `?ticket=` (EventSource cannot send headers), valid TICKET_TTL seconds.
+
+        UnknownToken if the principal's token is gone (deleted from the database since it was verified).
+        """
+        row = await self._row(principal.token_id)
+        if row is None:
+            raise UnknownToken(principal.token_id)
         expires_at = self._clock.now() + TICKET_TTL
-        payload = {"id": principal.token_id, "s": sorted(principal.scopes), "exp": expires_at}
+        payload = {"id": principal.token_id, "s": sorted(principal.scopes), "exp": expires_at,
+                   "b": _binding(row.secret_hash, expires_at)}
         return TICKET_PREFIX + self._tickets.dumps(payload), expires_at
 
     async def verify_ticket(self, ticket: str) -> Principal | None:
-        """The principal a ticket was issued to; None if it is malformed, tampered, expired, or its token
-        has since been revoked or has expired."""
+        """The principal a ticket was issued to; None if it is malformed, tampered, expired, not bound
+        to its token (forged with a signing key), or its token has since been revoked or has expired."""
         claims = _claims(_load(self._tickets, ticket, TICKET_PREFIX))
         if claims is None or claims.expires_at is None or claims.expires_at < self._clock.now():
             return None
         row = await self._row(claims.token_id)
-        if row is None:
+        if row is None or claims.binding is None:
+            return None
+        expected = _binding(row.secret_hash, claims.expires_at)
+        if not hmac.compare_digest(claims.binding.encode(), expected.encode()):
             return None
         return self._principal(row, claims.scopes & row.scopes)
+
+    async def legacy_count(self) -> int:
+        """Live tokens made before tokens had a random part (see docs/operations.md, "Tokens")."""
+        return int(await self._db.fetchval(
+            "SELECT count(*) FROM api_tokens WHERE random_bits = 0 AND revoked_at IS NULL"
+            " AND (expires_at IS NULL OR expires_at >= ?)", (self._clock.now(),)) or 0)
 
     # -- internals --
 
@@ -428,4 +464,5 @@ def _info(record: sqlite3.Row) -> TokenInfo:
         expires_at=record["expires_at"],
         revoked_at=record["revoked_at"],
         last_used_at=record["last_used_at"],
+        legacy=record["random_bits"] == 0,
     )

@@ -259,7 +259,7 @@ async def test_a_cursor_survives_a_change_of_page_size(api):
 async def test_a_cursor_keeps_working_after_the_signing_keys_rotate(simulator, config_for, db, aiohttp_client, api):
     cursor = await cursor_of(api, f"/projects/{WIDGETS}/issues")
     current = signing_keys(config_for())
-    rotated = config_for(auth_signing_keys=f"a-new-key,{current[0]}")
+    rotated = config_for(auth_signing_keys=f"a-new-key-0123456789abcdef0123456789abcdef,{current[0]}")
     app = create_app(rotated, scheduler=False)
     client = await aiohttp_client(app)
     token = (await app[TOKENS].create("rotated", ["read"], None)).token

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from itsdangerous import URLSafeSerializer
 
 from gateway import auth
 from gateway.app import create_app
@@ -15,6 +16,9 @@ from gateway.auth import PRINCIPAL, TOKENS, requires
 from gateway.http import json_response
 from sync.clock import FakeClock
 from sync.config import AuthConfig, Config, GatewayConfig
+from sync.tokens import TICKET_SALT
+
+KEY = "test-key-" + "t" * 32
 
 
 async def whoami(request: web.Request) -> web.Response:
@@ -44,7 +48,7 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture
 async def gw(aiohttp_client, tmp_path: Path) -> Gateway:
     clock = FakeClock()
-    config = Config(gateway=GatewayConfig(data_dir=tmp_path), auth=AuthConfig(signing_keys=("test-key",)))
+    config = Config(gateway=GatewayConfig(data_dir=tmp_path), auth=AuthConfig(signing_keys=(KEY,)))
     app = create_app(config, clock=clock)
     auth.setup(app)
     app.router.add_post("/api/v1/dummy", requires("sync")(whoami))
@@ -162,3 +166,15 @@ async def test_a_ticket_of_a_revoked_token_is_refused(gw: Gateway) -> None:
     store = gw.client.app[TOKENS]
     await store.revoke((await store.list())[0].id)
     assert (await gw.client.get("/api/v1/stream", params={"ticket": ticket})).status == 401
+
+
+async def test_a_ticket_forged_with_the_signing_key_for_another_tokens_id_is_401(gw: Gateway) -> None:
+    victim = await gw.token("read", "admin")  # someone else's token: the attacker knows only its id
+    victim_id = (await gw.client.app[TOKENS].list())[0].id
+    mine = await gw.ticket(await gw.token("read"))
+    signer = URLSafeSerializer([KEY], salt=TICKET_SALT)  # the attacker holds a valid signing key
+    payload = signer.loads(mine[len("lgt_"):])
+    forged = "lgt_" + signer.dumps({**payload, "id": victim_id, "s": ["read", "admin"]})
+    assert (await gw.client.get("/api/v1/stream", params={"ticket": forged})).status == 401
+    assert (await gw.client.get("/api/v1/stream", params={"ticket": mine})).status == 200
+    assert victim not in forged

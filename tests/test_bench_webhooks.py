@@ -18,6 +18,8 @@ def test_quick_webhook_bench_reports_a_ratio_and_a_matching_inbox() -> None:
     report = json.loads(done.stdout)
     assert report["bare"]["statuses"] == {"202": 400}
     assert report["gateway"]["statuses"] == {"202": 400}
+    assert report["fsync"]["statuses"] == {"202": 400}
+    assert report["fsync_ratio"] > 0  # what webhook.fsync = true costs, side by side with the default
     assert report["rows_match"] and report["inbox_rows"] == report["accepted_202"] == 440
     # The figure itself is machine-dependent (and noisy on a shared box): only its presence is checked here.
     assert report["ratio"] > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,3 +147,23 @@ def test_revoking_an_unknown_id_fails_with_not_found(cli: Cli) -> None:
 def test_revoke_without_a_numeric_id_is_a_usage_error(cli: Cli) -> None:
     code, _ = cli.json("token", "revoke", "ci")
     assert code == 2
+
+
+def test_a_short_signing_key_is_a_configuration_error_with_exit_2(data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LORE_GATEWAY_AUTH_SIGNING_KEYS", "only-20-bytes-of-key")
+    capsys.readouterr()
+    assert main(["token", "list"]) == 2
+    message = capsys.readouterr().err
+    assert "LORE_GATEWAY_AUTH_SIGNING_KEYS" in message and "20 bytes long" in message
+    assert "only-20-bytes-of-key" not in message
+
+
+def test_list_marks_a_token_made_before_random_parts_as_legacy(cli: Cli, data_dir: Path) -> None:
+    _, created = cli.json("token", "create", "--name", "old", "--scope", "read")
+    with sqlite3.connect(data_dir / "lore.db") as conn:
+        conn.execute("UPDATE api_tokens SET random_bits = 0 WHERE id = ?", (created["id"],))
+    code, out = cli.run("token", "list")
+    assert code == 0 and "active (legacy)" in out
+    _, document = cli.json("token", "list")
+    assert document["items"][0]["legacy"] is True

@@ -13,6 +13,7 @@ from sync.config import (
     Config,
     ConfigError,
     GitLabConfig,
+    config_warnings,
     describe,
     ensure_data_dir,
     load_config,
@@ -154,7 +155,7 @@ backoff_max = "2h"
 stale_lock = "5m"
 
 [auth]
-signing_keys = ["key-new", "key-old"]
+signing_keys = ["key-new-0123456789abcdef0123456789abcdef", "key-old-0123456789abcdef0123456789abcdef"]
 
 [ratelimit]
 storage = "redis://127.0.0.1:6379/1"
@@ -216,7 +217,8 @@ def test_a_full_file_sets_every_sync_key(full_config: Config) -> None:
 
 
 def test_a_full_file_sets_auth_ratelimit_redis_experts_and_embeddings(full_config: Config) -> None:
-    assert full_config.auth.signing_keys == ("key-new", "key-old")
+    assert full_config.auth.signing_keys == ("key-new-0123456789abcdef0123456789abcdef",
+                                             "key-old-0123456789abcdef0123456789abcdef")
     assert full_config.ratelimit.storage == "redis://127.0.0.1:6379/1"
     assert (full_config.ratelimit.api, full_config.ratelimit.webhook) == ("100/minute", "10/second")
     assert full_config.ratelimit.fail_open is False
@@ -386,9 +388,29 @@ def test_signing_tokens_file_is_read_and_validated(tmp_path: Path) -> None:
     assert config.webhook.signing_tokens == (SIGNING_TOKEN, OTHER_SIGNING_TOKEN)
 
 
+def test_a_signing_key_shorter_than_32_bytes_is_an_error_naming_it_but_not_showing_it(tmp_path: Path) -> None:
+    message = error(tmp_path, f'[auth]\nsigning_keys = ["{"a" * 32}", "hunter2-key"]\n')
+    assert message.startswith("auth.signing_keys: entry 2 is 11 bytes long") and "hunter2" not in message
+    from_env = error(tmp_path, LORE_GATEWAY_AUTH_SIGNING_KEYS="tiny")
+    assert "LORE_GATEWAY_AUTH_SIGNING_KEYS" in from_env and "tiny" not in from_env
+    assert load(tmp_path, f'[auth]\nsigning_keys = ["{"a" * 32}"]\n').auth.signing_keys == ("a" * 32,)
+
+
+def test_short_webhook_secrets_and_signing_keys_are_warned_about_not_refused(tmp_path: Path) -> None:
+    config = load(tmp_path, f'[webhook]\nsecrets = ["short-hook", "{"s" * 32}"]\n'
+                            f'signing_tokens = ["{SIGNING_TOKEN}", "{OTHER_SIGNING_TOKEN}"]\n')
+    warnings = config_warnings(config)
+    assert len(warnings) == 2
+    assert warnings[0].startswith("webhook.secrets: entry 1 is 10 bytes long")
+    assert warnings[1].startswith("webhook.signing_tokens: entry 1 holds a 24-byte key")
+    assert not any("short-hook" in w or SIGNING_TOKEN in w for w in warnings)
+    assert config_warnings(load(tmp_path, f'[webhook]\nsecrets = ["{"s" * 32}"]\n')) == ()
+
+
 def test_signing_keys_file_keeps_the_order_of_its_lines(tmp_path: Path) -> None:
-    keys = write(tmp_path, "newest\nolder\n", "keys")
-    assert load(tmp_path, f'[auth]\nsigning_keys_file = "{keys}"\n').auth.signing_keys == ("newest", "older")
+    newest, older = "newest-" + "n" * 32, "older-" + "o" * 32
+    keys = write(tmp_path, f"{newest}\n{older}\n", "keys")
+    assert load(tmp_path, f'[auth]\nsigning_keys_file = "{keys}"\n').auth.signing_keys == (newest, older)
 
 
 def test_env_can_name_a_secrets_file(tmp_path: Path) -> None:
@@ -651,7 +673,7 @@ def test_type_errors_on_secret_keys_do_not_echo_the_value(tmp_path: Path, text: 
     assert "hunter2" not in message and "12345678" not in message
 
 
-SECRETS = ("glpat-SECRET1", "hook-SECRET2", "key-SECRET3", "redispw-SECRET4")
+SECRETS = ("glpat-SECRET1", "hook-SECRET2", "key-SECRET3-0123456789abcdef0123456789abcdef", "redispw-SECRET4")
 
 
 @pytest.fixture
@@ -791,3 +813,10 @@ def test_setting_a_secret_and_its_file_both_in_env_is_an_error(tmp_path: Path) -
 def test_a_redis_url_with_a_bad_port_is_an_error_that_hides_the_password(tmp_path: Path) -> None:
     message = error(tmp_path, LORE_GATEWAY_REDIS_URL="redis://:pw-xyz@cache:99999/0")
     assert message == "redis.url (env LORE_GATEWAY_REDIS_URL): the URL has an invalid port"
+
+
+def test_webhook_fsync_is_off_by_default_and_set_from_toml_or_env(tmp_path: Path) -> None:
+    assert load(tmp_path).webhook.fsync is False
+    assert load(tmp_path, "[webhook]\nfsync = true\n").webhook.fsync is True
+    assert load(tmp_path, LORE_GATEWAY_WEBHOOK_FSYNC="yes").webhook.fsync is True
+    assert describe(load(tmp_path, "[webhook]\nfsync = true\n"))["webhook"]["fsync"] is True

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -173,3 +175,33 @@ async def test_count_pending_counts_unprocessed_rows(inbox: Inbox, database: Dat
         await conn.execute("UPDATE webhook_events SET processed_at = 1 WHERE id = ?", (first.event_id,))
 
     assert await inbox.count_pending() == 1
+
+
+def observe_synchronous(database: Database, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The `PRAGMA synchronous` each write transaction of `database` runs under (1 NORMAL, 2 FULL)."""
+    seen: list[int] = []
+    original = database.transaction
+
+    @asynccontextmanager
+    async def observed(**options: bool) -> AsyncIterator[Any]:
+        async with original(**options) as conn:
+            seen.append((await conn.execute_fetchall("PRAGMA synchronous"))[0][0])
+            yield conn
+
+    monkeypatch.setattr(database, "transaction", observed)
+    return seen
+
+
+@pytest.mark.parametrize(("fsync", "level"), [(False, 1), (True, 2)])
+async def test_fsync_commits_the_inbox_under_synchronous_full_and_leaves_other_writes_normal(
+        database: Database, monkeypatch: pytest.MonkeyPatch, fsync: bool, level: int) -> None:
+    seen = observe_synchronous(database, monkeypatch)
+    box = Inbox(database, FakeClock(), fsync=fsync)
+    await box.start()
+    try:
+        await box.add(event("key-1"))
+    finally:
+        await box.close()
+    async with database.transaction() as conn:  # any other write afterwards: back to NORMAL
+        await conn.execute("UPDATE service_state SET updated_at = 1 WHERE id = 1")
+    assert seen == [level, 1]

@@ -59,7 +59,7 @@ async def broken(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def gateway(tmp_path: Path, aiohttp_client) -> TestClient:
-    app = create_app(make_config(tmp_path / "data", webhook_secrets=SECRET, auth_signing_keys="k"),
+    app = create_app(make_config(tmp_path / "data", webhook_secrets=SECRET, auth_signing_keys="k" * 32),
                      scheduler=False)
     app.router.add_get("/test/log", log_inside)
     app.router.add_get("/test/broken", broken)

@@ -29,7 +29,7 @@ Scrape = Callable[[], Awaitable[dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 def quiet_config(data_dir: Path, **env: str) -> Config:
     """A gateway without GitLab (nothing syncs on its own) that accepts webhooks signed with SECRET."""
-    return make_config(data_dir, webhook_secrets=SECRET, auth_signing_keys="test-key", **env)
+    return make_config(data_dir, webhook_secrets=SECRET, auth_signing_keys="k" * 32, **env)
 
 
 async def scrape_of(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -192,7 +192,7 @@ async def test_sse_clients_are_read_from_the_streams_counters(gateway: TestClien
 
 async def test_a_real_run_counts_its_trigger_outcome_items_and_gitlab_requests(
         config_for: Callable[..., Config], aiohttp_client) -> None:
-    client = await aiohttp_client(create_app(config_for(auth_signing_keys="k"), scheduler=False))
+    client = await aiohttp_client(create_app(config_for(auth_signing_keys="k" * 32), scheduler=False))
     await client.app[RUNNER].run(SyncRequest(trigger="manual", profile="fast"))
 
     samples = await scrape_of(client)

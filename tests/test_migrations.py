@@ -146,3 +146,12 @@ async def test_004_moves_issues_and_mrs_to_rowid_tables_keeping_every_row(tmp_pa
     conn.execute("UPDATE issues SET work_item_status = NULL WHERE iid = 7")
     conn.execute("INSERT OR REPLACE INTO issues SELECT * FROM issues WHERE iid = 7")
     assert conn.execute("SELECT work_item_status FROM issues WHERE iid = 7").fetchone()[0] == '{"name":"Doing"}'
+
+
+def test_008_marks_tokens_made_before_it_as_legacy_and_keeps_them(tmp_path):
+    conn = sqlite3.connect(tmp_path / "lore.db", isolation_level=None)
+    apply_migrations(conn, [m for m in shipped_migrations() if m.version < 8])
+    conn.execute("INSERT INTO api_tokens (name, scopes, secret_hash, created_at) VALUES ('old', '[\"read\"]', 'h', 1)")
+    apply_migrations(conn)
+    assert conn.execute("SELECT name, secret_hash, revoked_at, random_bits FROM api_tokens").fetchall() == [
+        ("old", "h", None, 0)]

@@ -278,7 +278,7 @@ async def test_a_deletion_without_a_webhook_is_gone_after_one_reconcile_from_res
     simulator: GitLabSimulator, config_for: Any, aiohttp_client: Any
 ) -> None:
     simulator.update_issue(1001, 7, title="Quixotic zeppelin hangar")
-    config = config_for(auth_signing_keys="test-key")
+    config = config_for(auth_signing_keys="test-key-0123456789abcdef0123456789abcdef")
     app = create_app(config, scheduler=False)
     client = await aiohttp_client(app)
     runner = SyncRunner(app[DB], app[BUS], SystemClock(), config)

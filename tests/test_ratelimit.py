@@ -25,17 +25,7 @@ from gateway.ratelimit import (
     parse_rate,
 )
 from sync.config import Config, GatewayConfig
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def redis_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+from tests.redis_server import redis_url  # noqa: F401 (fixture)
 
 
 def closed_port() -> int:
@@ -47,9 +37,8 @@ def closed_port() -> int:
 
 @pytest.fixture(params=["memory", "redis"])
 async def limiter(request: pytest.FixtureRequest) -> AsyncIterator[RateLimiter]:
-    if request.param == "redis" and not redis_reachable():
-        pytest.skip("no Redis answers PING at 127.0.0.1:6379, so the shared-storage path cannot be checked")
-    rl = RateLimiter("memory://" if request.param == "memory" else REDIS_URL)
+    # A private redis-server (tests/redis_server.py), so no other run's counts leak in.
+    rl = RateLimiter("memory://" if request.param == "memory" else request.getfixturevalue("redis_url"))
     yield rl
     await rl.close()
 
@@ -124,11 +113,9 @@ async def test_an_expired_counter_restarts_at_once_and_the_next_sweep_frees_it()
     await limiter.close()
 
 
-async def test_two_limiters_on_one_redis_share_the_count() -> None:
-    if not redis_reachable():
-        pytest.skip("no Redis answers PING at 127.0.0.1:6379, so sharing between processes cannot be checked")
+async def test_two_limiters_on_one_redis_share_the_count(redis_url: str) -> None:  # noqa: F811
     key = fresh_key()
-    one, two = RateLimiter(REDIS_URL), RateLimiter(REDIS_URL)
+    one, two = RateLimiter(redis_url), RateLimiter(redis_url)
     try:
         await one.hit("2/minute", key)
         await two.hit("2/minute", key)

@@ -12,9 +12,11 @@ import base64
 import os
 import random
 import shlex
+import shutil
 import stat
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -58,11 +60,12 @@ SECRET_ENV = {
     "LORE_GATEWAY_GITLAB_TOKEN": 'glpat-Sup3r$ecret"token`x',
     "LORE_GATEWAY_WEBHOOK_SECRETS": "hook-secret-one,hook-secret-two",
     "LORE_GATEWAY_WEBHOOK_SIGNING_TOKENS": SIGNING_TOKEN,
-    "LORE_GATEWAY_AUTH_SIGNING_KEYS": "auth-key-first-AAAA,auth-key-second-BBBB",
+    "LORE_GATEWAY_AUTH_SIGNING_KEYS": "auth-key-first-AAAA-0123456789abcdef0123456789abcdef,"
+                                      "auth-key-second-BBBB-0123456789abcdef0123456789abcdef",
 }
 SECRET_VALUES = [
     'glpat-Sup3r$ecret"token`x', "hook-secret-one", "hook-secret-two", SIGNING_TOKEN,
-    "auth-key-first-AAAA", "auth-key-second-BBBB",
+    "auth-key-first-AAAA-0123456789abcdef0123456789abcdef", "auth-key-second-BBBB-0123456789abcdef0123456789abcdef",
 ]
 
 
@@ -275,7 +278,7 @@ def test_install_json_says_token_source_env_file_and_names_no_secret_value(rig: 
 
 
 async def test_a_secret_with_a_comma_is_refused_without_showing_it(rig: Rig) -> None:
-    rig.env["LORE_GATEWAY_AUTH_SIGNING_KEYS"] = "fine-key"
+    rig.env["LORE_GATEWAY_AUTH_SIGNING_KEYS"] = "fine-key-0123456789abcdef0123456789abcdef"
     rig.config_path.write_text(rig.config_path.read_text() + '[webhook]\nsecrets = ["a,b-secret"]\n')
     rig.env.pop("LORE_GATEWAY_WEBHOOK_SECRETS")
     with pytest.raises(ServiceError) as caught:
@@ -525,6 +528,64 @@ def test_a_system_install_warns_about_what_its_sandbox_will_not_let_the_service_
     assert any("/var/lib/lore-gateway" in n and "data_dir" in n for n in notes)
 
 
+@pytest.fixture
+def open_rig() -> Iterator[Rig]:
+    """A Rig whose directories every local user may enter (pytest's tmp_path is under a 0700 directory)."""
+    top = Path(tempfile.mkdtemp(prefix="lore-gateway-service-test-"))
+    top.chmod(0o755)
+    try:
+        yield Rig(top)
+    finally:
+        shutil.rmtree(top)
+
+
+def _config_with_inline_secrets(rig: Rig, mode: int) -> None:
+    for name in ("LORE_GATEWAY_GITLAB_TOKEN", "LORE_GATEWAY_AUTH_SIGNING_KEYS"):
+        rig.env.pop(name)
+    key = "inline-signing-key-" + "k" * 32
+    rig.config_path.write_text('[gitlab]\nurl = "https://gitlab.example.com"\ntoken = "glpat-inline-secret"\n'
+                               f'projects = ["acme/widgets"]\n[auth]\nsigning_keys = ["{key}"]\n')
+    rig.config_path.chmod(mode)
+    rig.config_path.parent.chmod(0o755)
+
+
+def _config_notes(rig: Rig, **options: object) -> list[str]:
+    notes = install_warnings(rig.spec(**options), rig.config())
+    assert not any("glpat-inline-secret" in n or "inline-signing-key" in n for n in notes)
+    return [n for n in notes if str(rig.config_path) in n and "cannot see" not in n]  # tmp_path is in /tmp
+
+
+def test_a_world_readable_config_with_inline_secrets_is_warned_about_naming_the_keys(open_rig: Rig) -> None:
+    rig = open_rig
+    _config_with_inline_secrets(rig, 0o644)
+    [note] = _config_notes(rig)
+    assert "readable by every local user" in note and "gitlab.token, auth.signing_keys" in note
+    assert "delete them from it" in note and str(rig.spec().env_file) in note
+
+
+def test_a_private_config_with_inline_secrets_is_not_advised_to_become_world_readable(rig: Rig) -> None:
+    _config_with_inline_secrets(rig, 0o600)
+    [note] = _config_notes(rig)
+    assert "cannot read" in note and "do not make it world-readable as it is" in note
+    assert "delete them from" in note and "gitlab.token, auth.signing_keys" in note
+
+
+def test_a_private_config_without_secrets_is_advised_to_become_world_readable(rig: Rig) -> None:
+    rig.config_path.chmod(0o600)
+    [note] = _config_notes(rig)
+    assert "holds no secrets" in note and "chmod o+r" in note
+
+
+def test_a_user_install_asks_for_chmod_600_on_a_readable_config_with_secrets_and_accepts_a_private_one(
+        open_rig: Rig) -> None:
+    rig = open_rig
+    _config_with_inline_secrets(rig, 0o644)
+    [note] = _config_notes(rig, user=True)
+    assert f"chmod 600 {rig.config_path}" in note
+    rig.config_path.chmod(0o600)
+    assert _config_notes(rig, user=True) == []
+
+
 # --- executable, readiness --------------------------------------------------------------------------
 
 
@@ -703,3 +764,10 @@ def test_service_run_cli_while_paused_exits_0_and_says_so(tmp_path, monkeypatch,
 def test_an_interval_that_is_not_whole_seconds_is_refused(rig: Rig) -> None:
     with pytest.raises(ConfigError):
         rig.spec(interval=90.5)
+
+
+def test_install_warns_about_a_short_webhook_secret_without_showing_it(rig: Rig) -> None:
+    rig.env["LORE_GATEWAY_WEBHOOK_SECRETS"] = "short-hook"
+    notes = install_warnings(rig.spec(), rig.config())
+    assert any(n.startswith("webhook.secrets: entry 1 is 10 bytes long") for n in notes)
+    assert not any("short-hook" in n for n in notes)

@@ -37,7 +37,7 @@ SNAPSHOT_FIELDS = {"state", "next_run_at", "paused_reason", "consecutive_failure
 def gateway_config(data_dir: Path, **env: str) -> Config:
     values = {
         "LORE_GATEWAY_GATEWAY_DATA_DIR": str(data_dir),
-        "LORE_GATEWAY_AUTH_SIGNING_KEYS": "test-key",
+        "LORE_GATEWAY_AUTH_SIGNING_KEYS": "test-key-0123456789abcdef0123456789abcdef",
         "LORE_GATEWAY_RATELIMIT_API": "100000/minute",  # hundreds of connects with one token
         "LORE_GATEWAY_GATEWAY_MAX_SSE_PER_TOKEN": "1000",  # and hundreds of its streams open at once
     }
@@ -319,7 +319,7 @@ async def test_a_bad_ticket_is_401_unauthorized(live: Live, ticket: str) -> None
 
 
 async def test_an_expired_ticket_is_401(live: Live) -> None:
-    ticket, _ = live.app[TOKENS].issue_ticket(await live.app[TOKENS].verify(await live.token("read")))
+    ticket, _ = await live.app[TOKENS].issue_ticket(await live.app[TOKENS].verify(await live.token("read")))
     assert isinstance(live.clock, FakeClock)
     await live.clock.advance(61)
     assert (await live.open(params={"ticket": ticket})).status == 401
@@ -495,7 +495,7 @@ async def test_shutdown_ends_every_stream_promptly(tmp_path: Path, handler_cance
 async def test_300_clients_all_receive_a_real_runs_events_from_started_to_finished(
     config_for: Callable[..., Config], server_for: Any
 ) -> None:
-    config = config_for(auth_signing_keys="test-key", ratelimit_api="100000/minute",
+    config = config_for(auth_signing_keys="test-key-0123456789abcdef0123456789abcdef", ratelimit_api="100000/minute",
                         gateway_max_sse_per_token="1000")
     await seed_a_fresh_mirror(config)  # no start-up run: the run starts when every client is listening
     clock = SystemClock()

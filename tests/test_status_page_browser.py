@@ -61,7 +61,7 @@ async def a_fresh_mirror(config: Config) -> None:
 @pytest.fixture
 async def gateway(config_for: Callable[..., Config], simulator: GitLabSimulator) -> AsyncIterator[Gateway]:
     simulator.latency = SIMULATED_LATENCY
-    config = config_for(auth_signing_keys="browser-test-key")
+    config = config_for(auth_signing_keys="browser-test-key-0123456789abcdef0123456789abcdef")
     config.gateway.data_dir.mkdir(parents=True, exist_ok=True)
     await a_fresh_mirror(config)
     app = create_app(config)

@@ -38,7 +38,7 @@ RUN_FIELDS = {"id", "trigger", "profile", "status", "stage", "counts", "error_co
 def gateway_config(data_dir: Path, *, gitlab: bool = True) -> Config:
     values = {
         "LORE_GATEWAY_GATEWAY_DATA_DIR": str(data_dir),
-        "LORE_GATEWAY_AUTH_SIGNING_KEYS": "test-key",
+        "LORE_GATEWAY_AUTH_SIGNING_KEYS": "test-key-0123456789abcdef0123456789abcdef",
         "LORE_GATEWAY_SYNC_BACKOFF_BASE": "1m",
     }
     if gitlab:  # never contacted: runs go to the fake runner

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import stat
 from pathlib import Path
 
+import orjson
 import pytest
-from itsdangerous import URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
 from sync.clock import FakeClock
 from sync.config import AuthConfig, Config, ConfigError, GatewayConfig
@@ -24,7 +26,7 @@ from sync.tokens import (
     signing_keys,
 )
 
-KEYS = ("key-one",)
+KEYS = ("key-one-" + "k" * 32,)
 
 
 @pytest.fixture
@@ -62,6 +64,43 @@ async def test_a_token_starts_with_lgw_and_only_its_sha256_is_stored(store: Toke
     row = await db.fetchone("SELECT * FROM api_tokens WHERE id = ?", (created.id,))
     assert row["secret_hash"] == hashlib.sha256(created.token.encode()).hexdigest()
     assert created.token not in [str(value) for value in tuple(row)]
+
+
+async def test_a_token_carries_128_random_bits_that_neither_the_key_nor_the_database_holds(
+        store: TokenStore, db: Database) -> None:
+    first = await store.create("ci", ["read"], None)
+    payload = URLSafeTimedSerializer(list(KEYS), salt=TOKEN_SALT).loads(first.token[len("lgw_"):])
+    random_part = payload["r"]
+    assert len(base64.urlsafe_b64decode(random_part + "==")) >= 16
+    stored = b"".join(p.read_bytes() for p in Path(db.path).parent.glob("lore.db*"))
+    assert random_part.encode() not in stored
+    row = await db.fetchone("SELECT random_bits FROM api_tokens WHERE id = ?", (first.id,))
+    assert row["random_bits"] == 128
+
+
+async def test_the_key_and_the_row_together_cannot_recreate_a_token(store: TokenStore, db: Database,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    created = await store.create("ci", ["read"], None)
+    row = await db.fetchone("SELECT * FROM api_tokens WHERE id = ?", (created.id,))
+    # The attack that worked before: re-sign the row's id and scopes at the token's own timestamp.
+    signer = URLSafeTimedSerializer(list(KEYS), salt=TOKEN_SALT)
+    stamp = signer.make_signer().unsign(created.token[len("lgw_"):], return_timestamp=True)[1]
+    monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: int(stamp.timestamp()))
+    reminted = "lgw_" + signer.dumps({"id": row["id"], "s": orjson.loads(row["scopes"])})
+    assert hashlib.sha256(reminted.encode()).hexdigest() != row["secret_hash"]
+    assert await store.verify(reminted) is None
+
+
+async def test_a_token_made_before_random_parts_keeps_working_and_is_listed_as_legacy(
+        store: TokenStore, db: Database) -> None:
+    created = await store.create("old", ["read"], None)
+    async with db.transaction() as conn:  # what migration 008 leaves on a token made before it
+        await conn.execute("UPDATE api_tokens SET random_bits = 0 WHERE id = ?", (created.id,))
+    assert await store.verify(created.token) is not None
+    assert [info.legacy for info in await store.list()] == [True]
+    assert await store.legacy_count() == 1
+    await store.revoke(created.id)
+    assert await store.legacy_count() == 0
 
 
 async def test_the_token_never_appears_in_a_repr(store: TokenStore) -> None:
@@ -188,7 +227,8 @@ async def test_list_shows_every_token_and_never_its_secret(store: TokenStore, cl
     assert [(i.id, i.name, i.status(clock.now())) for i in infos] == [(kept.id, "kept", "active"),
                                                                       (gone.id, "gone", "revoked")]
     document = infos[0].to_json()
-    assert set(document) == {"id", "name", "scopes", "created_at", "expires_at", "revoked_at", "last_used_at"}
+    assert set(document) == {"id", "name", "scopes", "created_at", "expires_at", "revoked_at",
+                             "last_used_at", "legacy"}
     assert kept.token not in repr(infos) and kept.token not in str(document)
 
 
@@ -254,7 +294,7 @@ async def test_a_ticket_verifies_to_its_tokens_principal_for_sixty_seconds(store
     created = await store.create("browser", ["read"], None)
     principal = await store.verify(created.token)
     assert principal is not None
-    ticket, expires_at = store.issue_ticket(principal)
+    ticket, expires_at = await store.issue_ticket(principal)
     assert expires_at == clock.now() + 60
     assert created.token not in ticket
     await clock.advance(60)
@@ -266,7 +306,7 @@ async def test_a_ticket_verifies_to_its_tokens_principal_for_sixty_seconds(store
 async def test_a_tampered_ticket_is_refused(store: TokenStore) -> None:
     principal = await store.verify((await store.create("browser", ["read"], None)).token)
     assert principal is not None
-    ticket, _ = store.issue_ticket(principal)
+    ticket, _ = await store.issue_ticket(principal)
     for i in range(len("lgt_"), len(ticket), 7):
         assert await store.verify_ticket(ticket[:i] + _other_char(ticket[i]) + ticket[i + 1:]) is None
 
@@ -275,7 +315,7 @@ async def test_a_ticket_of_a_since_revoked_token_is_refused(store: TokenStore) -
     created = await store.create("browser", ["read"], None)
     principal = await store.verify(created.token)
     assert principal is not None
-    ticket, _ = store.issue_ticket(principal)
+    ticket, _ = await store.issue_ticket(principal)
     await store.revoke(created.id)
     assert await store.verify_ticket(ticket) is None
 
@@ -284,11 +324,42 @@ async def test_a_ticket_is_not_a_token_and_a_token_is_not_a_ticket(store: TokenS
     created = await store.create("browser", ["read"], None)
     principal = await store.verify(created.token)
     assert principal is not None
-    ticket, _ = store.issue_ticket(principal)
+    ticket, _ = await store.issue_ticket(principal)
     assert await store.verify(ticket) is None
     assert await store.verify(ticket.replace("lgt_", "lgw_", 1)) is None
     assert await store.verify_ticket(created.token) is None
     assert await store.verify_ticket(created.token.replace("lgw_", "lgt_", 1)) is None
+
+
+async def test_a_ticket_forged_with_a_valid_signing_key_is_refused(store: TokenStore, clock: FakeClock) -> None:
+    victim = await store.create("admin-bot", ["admin"], None)
+    expires_at = clock.now() + 60
+    signer = URLSafeSerializer(list(KEYS), salt=TICKET_SALT)
+    without_binding = "lgt_" + signer.dumps({"id": victim.id, "s": ["admin"], "exp": expires_at})
+    guessed_binding = "lgt_" + signer.dumps({"id": victim.id, "s": ["admin"], "exp": expires_at, "b": "0" * 32})
+    assert await store.verify_ticket(without_binding) is None
+    assert await store.verify_ticket(guessed_binding) is None
+
+
+async def test_a_ticket_is_bound_to_its_own_token_not_just_its_id(store: TokenStore, db: Database) -> None:
+    mine = await store.create("browser", ["read"], None)
+    principal = await store.verify(mine.token)
+    assert principal is not None
+    ticket, _ = await store.issue_ticket(principal)
+    # Another token now holds that id (the row replaced, as after a restore): the old ticket is not its.
+    async with db.transaction() as conn:
+        await conn.execute("UPDATE api_tokens SET secret_hash = ? WHERE id = ?", ("f" * 64, mine.id))
+    assert await TokenStore(db, FakeClock(), KEYS).verify_ticket(ticket) is None
+
+
+async def test_no_ticket_is_issued_for_a_token_whose_row_is_gone(store: TokenStore, db: Database) -> None:
+    created = await store.create("browser", ["read"], None)
+    principal = await store.verify(created.token)
+    assert principal is not None
+    async with db.transaction() as conn:
+        await conn.execute("DELETE FROM api_tokens WHERE id = ?", (created.id,))
+    with pytest.raises(UnknownToken):
+        await TokenStore(db, FakeClock(), KEYS).issue_ticket(principal)
 
 
 async def test_a_signed_ticket_without_an_expiry_is_refused(store: TokenStore) -> None:
@@ -323,12 +394,19 @@ def test_a_key_file_made_by_another_process_meanwhile_wins_the_race(tmp_path: Pa
     path = tmp_path / KEY_FILE_NAME
 
     def lose_the_race(source: Path, target: Path) -> None:
-        Path(target).write_text("theirs\n")
+        Path(target).write_text("theirs-0123456789abcdef0123456789abcdef\n")
         raise FileExistsError(target)
 
     monkeypatch.setattr(os, "link", lose_the_race)
-    assert signing_keys(_config(tmp_path)) == ("theirs",)
+    assert signing_keys(_config(tmp_path)) == ("theirs-0123456789abcdef0123456789abcdef",)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_a_short_key_file_is_a_config_error_that_names_it_and_not_the_key(tmp_path: Path) -> None:
+    (tmp_path / KEY_FILE_NAME).write_text("short-key\n")
+    with pytest.raises(ConfigError, match=f"{KEY_FILE_NAME} is 9 bytes long") as caught:
+        signing_keys(_config(tmp_path))
+    assert "short-key" not in str(caught.value)
 
 
 def test_an_empty_key_file_is_a_config_error_that_names_it(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from gateway.simulator import GitLabSimulator, Webhook, sign_webhook
 from sync.clock import FakeClock
 from sync.config import Config, GatewayConfig, RateLimitConfig, WebhookConfig
 from sync.events import Event
+from tests.test_inbox import observe_synchronous
 
 SECRET = "s3cret-token-0123456789"
 OLD_SECRET = "old-secret-abcdef"
@@ -592,3 +593,13 @@ def test_credentials_never_show_a_secret_or_key(tmp_path: Path) -> None:
     creds = webhooks.Credentials.from_config(make_config(tmp_path).webhook)
 
     assert repr(creds) == "Credentials()"
+
+
+@pytest.mark.parametrize(("fsync", "level"), [(False, 1), (True, 2)])
+async def test_webhook_fsync_makes_the_gateways_inbox_commit_under_synchronous_full(
+        gateway: MakeClient, sim: GitLabSimulator, monkeypatch: pytest.MonkeyPatch, fsync: bool,
+        level: int) -> None:
+    gw = await gateway(fsync=fsync)
+    seen = observe_synchronous(gw.app[DB], monkeypatch)
+    assert (await gw.post(issue_hook(sim))).status == 202
+    assert seen[0] == level

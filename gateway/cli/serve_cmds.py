@@ -22,7 +22,8 @@ from gateway.demo import DEMO_PROJECTS, Churn, build_simulator
 from gateway.server import ListenError, configure_logging, running, wait_for_stop_signal
 from gateway.workers import SupervisorError, serve_workers
 from sync.clock import SystemClock
-from sync.config import Config, load_config
+from sync.config import Config, config_warnings, ensure_data_dir, load_config
+from sync.mounts import refuse_network_data_dir
 from sync.scheduler import resume_service
 from sync.status import sync_status
 
@@ -51,7 +52,10 @@ async def cmd_serve(ctx: Context) -> None:
     workers = ctx.args.workers
     if workers < 1:
         raise UsageError("--workers must be at least 1")
+    refuse_network_data_dir(ensure_data_dir(config))
     configure_logging(config.gateway.log_level)
+    for warning in config_warnings(config):
+        ctx.err(f"lore-gateway: warning: {warning}")
     if workers > 1:
         await _serve_workers(ctx, workers)
         return
@@ -115,7 +119,7 @@ async def cmd_resume(ctx: Context) -> dict[str, Any]:
         clock = SystemClock()
         await resume_service(db, clock.now())
         status = await sync_status(db, clock, ctx.config)
-    ctx.out("resumed: automatic syncs may run again (a running `serve` notices within 30 s)")
+    ctx.out("resumed: automatic syncs may run again (a running `serve` notices within a second)")
     ctx.out(render_status(status))
     return status
 

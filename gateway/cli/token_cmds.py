@@ -93,7 +93,8 @@ def render_tokens(tokens: list[TokenInfo], now: float) -> str:
         return "no tokens yet (create one: lore-gateway token create --name NAME --scope read)"
     header = ("ID", "NAME", "SCOPES", "STATUS", "CREATED", "EXPIRES", "LAST USED")
     rows = [header] + [
-        (str(t.id), t.name, ",".join(t.scopes), t.status(now), utc_iso(t.created_at) or "",
+        (str(t.id), t.name, ",".join(t.scopes), t.status(now) + (" (legacy)" if t.legacy else ""),
+         utc_iso(t.created_at) or "",
          utc_iso(t.expires_at) or "never", utc_iso(t.last_used_at) or "never")
         for t in tokens
     ]
