@@ -14,7 +14,6 @@ import pytest
 ENV_SWITCH = "LORE_CI_NO_SKIPS"
 # Reasons that depend on the machine, not on our code: the start of each allowed skip message.
 ALLOWED_REASONS: tuple[str, ...] = (
-    "wrk is not installed",  # bench/api_bench.py's optional load generator
     "systemd-analyze is not installed",  # systemd's own tool, absent from minimal containers
     "needs systemd-analyze and libseccomp",
     "seccomp filters cannot be loaded here",  # a container that forbids loading seccomp filters
