@@ -47,6 +47,7 @@ from gateway.simulator_data import (
     rest_time,
     ruby_time,
 )
+from gateway.simulator_hooks import SimulatedHooks, SimulatedToken
 from sync.clock import Clock, SystemClock
 
 __all__ = ["GITLAB_VERSION", "GitLabSimulator", "GraphQLBatch", "Project", "Webhook", "WorkItemsGraphQL",
@@ -257,6 +258,9 @@ class GitLabSimulator:
         self._faults: list[_Fault] = []
         self._heads: dict[int, str] = {}
         self._last_ms = 0
+        # Project webhooks (`await sim.hooks.dispatch(webhook)` delivers a change to them) and the token's self.
+        self.hooks = SimulatedHooks(self._clock.now, self._now_ms)
+        self.personal_token = SimulatedToken(created_ms=self._now_ms() - 30 * 86_400_000)
 
     # -- data --------------------------------------------------------------------------------------
 
@@ -447,6 +451,8 @@ class GitLabSimulator:
         for name, path, handler in routes:
             app.router.add_get(path, handler, name=name)
         app.router.add_post("/api/graphql", self._graphql, name="graphql")
+        self.hooks.add_routes(app, self._find_project)
+        app.router.add_get("/api/v4/personal_access_tokens/self", self.personal_token.handle, name="pat_self")
         app.router.add_route("*", "/api/{tail:.*}", self._unknown_route, name="unknown")
         return app
 

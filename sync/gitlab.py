@@ -215,6 +215,17 @@ class GitLabClient:
         url = URL(str(self._root) + path, encoded=True)
         return (await self._request(path, None, url=url, payload=json.dumps(body).encode())).body
 
+    async def send(self, method: str, path: str, body: Mapping[str, Any] | None = None
+                   ) -> tuple[Any, Mapping[str, str]]:
+        """`method` (GET, POST, PUT or DELETE) on `path` under /api/v4, `body` as JSON: (answer, headers).
+
+        For calls that change GitLab's settings (webhooks) or need a response header (`Date`); an empty
+        answer (GitLab's 204 to a DELETE) is None. Errors and retries as for `get`.
+        """
+        payload = None if body is None else json.dumps(body).encode()
+        response = await self._request(path, None, payload=payload, method=method.upper())
+        return response.body, response.headers
+
     def list_params(self, updated_after: str | None) -> dict[str, str | int]:
         """Query for an incremental issue/MR listing, oldest change first so a cursor can advance."""
         params: dict[str, str | int] = {
@@ -231,14 +242,15 @@ class GitLabClient:
     # -- one request, retried ----------------------------------------------------------------------
 
     async def _request(
-        self, path: str, params: Params | None, *, url: URL | None = None, payload: bytes | None = None
+        self, path: str, params: Params | None, *, url: URL | None = None, payload: bytes | None = None,
+        method: str | None = None,
     ) -> _Response:
-        """GET `path` (under /api/v4), or with a `payload`, POST it as JSON to `url`."""
+        """GET `path` (under /api/v4), or with a `payload`, POST it as JSON to `url` (or `method` it)."""
         url = url or self._url(path, params)
         attempt = 1
         while True:
             try:
-                return await self._send_once(url, path, payload)
+                return await self._send_once(url, path, payload, method)
             except _Retryable as failure:
                 if attempt >= self._retry.attempts:
                     raise failure.error from failure.__cause__
@@ -257,26 +269,28 @@ class GitLabClient:
         url = URL(str(self._api) + path, encoded=True)
         return url.with_query(dict(params)) if params else url
 
-    async def _send_once(self, url: URL, path: str, payload: bytes | None = None) -> _Response:
+    async def _send_once(
+        self, url: URL, path: str, payload: bytes | None = None, method: str | None = None
+    ) -> _Response:
         pause = self._ratelimit_pause()
         if pause > 0:
             await self._clock.sleep(pause)
         async with self._semaphore:
             self.requests_made += 1
-            status, headers, raw = await self._fetch(url, path, payload)
+            status, headers, raw = await self._fetch(url, path, payload, method)
         self.responses[status] += 1
         self._observe_ratelimit(headers)
-        return self._interpret(_method(payload, path), status, headers, raw)
+        return self._interpret(_method(payload, path, method), status, headers, raw)
 
     async def _fetch(
-        self, url: URL, path: str, payload: bytes | None = None
+        self, url: URL, path: str, payload: bytes | None = None, method: str | None = None
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One HTTP exchange; network failures become retryable errors naming the request."""
-        request = _method(payload, path)
+        request = _method(payload, path, method)
         headers = self._headers if payload is None else {**self._headers, "Content-Type": "application/json"}
         try:
             async with self._http().request(
-                "GET" if payload is None else "POST",
+                request.partition(" ")[0],
                 url,
                 data=payload,
                 headers=headers,
@@ -301,6 +315,8 @@ class GitLabClient:
     def _interpret(self, request: str, status: int, headers: Mapping[str, str], raw: bytes) -> _Response:
         """`request` is what error messages call it, e.g. "GET /projects/12"."""
         if 200 <= status < 300:
+            if not raw.strip() and not request.startswith(("GET", "POST")):
+                return _Response(None, headers)  # a 204 to a DELETE, say
             try:
                 return _Response(json.loads(raw), headers)
             except ValueError as exc:
@@ -378,8 +394,8 @@ class GitLabClient:
         return PermanentError(code, self._redact(message))
 
 
-def _method(payload: bytes | None, path: str) -> str:
-    return f"{'GET' if payload is None else 'POST'} {path}"
+def _method(payload: bytes | None, path: str, method: str | None = None) -> str:
+    return f"{method or ('GET' if payload is None else 'POST')} {path}"
 
 
 def _gitlab_detail(raw: bytes) -> str:

@@ -15,13 +15,24 @@ from typing import Any
 
 import orjson
 
-from gateway.cli import backup_cmds, knowledge_cmds, serve_cmds, service_cmds, sync_cmds, token_cmds
+from gateway.cli import (
+    backup_cmds,
+    doctor_cmds,
+    hooks_cmds,
+    init_cmds,
+    knowledge_cmds,
+    serve_cmds,
+    service_cmds,
+    sync_cmds,
+    token_cmds,
+)
 from gateway.cli.base import CommandFailed, Context, Parser, UsageError
 from sync.config import ConfigError, load_config
 from sync.errors import SyncError
 from sync.migrations import MigrationError
 
-COMMAND_GROUPS = [serve_cmds, sync_cmds, token_cmds, service_cmds, backup_cmds, knowledge_cmds]
+COMMAND_GROUPS = [serve_cmds, sync_cmds, token_cmds, service_cmds, backup_cmds, knowledge_cmds, init_cmds, hooks_cmds,
+                  doctor_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:
