@@ -45,6 +45,10 @@ _QUERY_TIMEOUT = b"Request timed out"
 
 _PERMANENT_CODES = {401: "gitlab_unauthorized", 403: "gitlab_forbidden", 404: "gitlab_not_found"}
 
+# GitLab base URL -> whether it serves GET .../merge_requests/:iid/diffs (15.7+). Learnt once per process,
+# so on an older GitLab every later MR goes straight to /changes instead of spending a 404 first.
+_HAS_DIFFS: dict[str, bool] = {}
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -123,6 +127,7 @@ class GitLabClient:
         self._session = session
         self._owns_session = session is None
         self._semaphore = asyncio.Semaphore(concurrency)
+        self._diffs_probe = asyncio.Lock()
         self._ratelimit: _RateLimit | None = None
         self.requests_made = 0
         self.responses: Counter[int] = Counter()  # HTTP status -> responses received (for /metrics)
@@ -202,6 +207,45 @@ class GitLabClient:
         if not isinstance(body, dict):
             raise self._transient("gitlab_bad_response", f"GET /projects/{ref}: expected a JSON object")
         return body
+
+    async def merge_request_files(self, project_id: int, iid: int) -> list[dict[str, Any]]:
+        """The files an MR changes (old_path, new_path, new_file, renamed_file, deleted_file, ...).
+
+        From `/diffs` (paginated, GitLab 15.7+); on a 404 from `/changes` (the MR with an unpaginated
+        `changes` array, api/merge_requests.md), and when that answers, this GitLab is remembered as one
+        without `/diffs`. A 404 from both means the MR itself is gone: PermanentError "gitlab_not_found".
+        """
+        base = f"/projects/{project_id}/merge_requests/{iid}"
+        instance = str(self._root)
+        if instance not in _HAS_DIFFS:
+            async with self._diffs_probe:  # the MRs of a page arrive together: one of them finds out
+                if instance not in _HAS_DIFFS:
+                    return await self._probe_diffs(instance, base)
+        if _HAS_DIFFS[instance]:
+            return await self.get_all(f"{base}/diffs")
+        return await self._changes(base)
+
+    async def _probe_diffs(self, instance: str, base: str) -> list[dict[str, Any]]:
+        try:
+            files = await self.get_all(f"{base}/diffs")
+        except PermanentError as exc:
+            if exc.code != "gitlab_not_found":
+                raise
+        else:
+            _HAS_DIFFS[instance] = True
+            return files
+        files = await self._changes(base)  # a 404 here too: the MR is gone, and we still do not know
+        _HAS_DIFFS[instance] = False
+        logger.info("GitLab at %s has no merge request /diffs (before 15.7): using /changes",
+                    self._api.with_user(None))
+        return files
+
+    async def _changes(self, base: str) -> list[dict[str, Any]]:
+        body = await self.get(f"{base}/changes")
+        changes = body.get("changes") if isinstance(body, dict) else None
+        if not isinstance(changes, list):
+            raise self._transient("gitlab_bad_response", f"GET {base}/changes: expected an object with `changes`")
+        return changes
 
     async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
         """POST `body` as JSON to `path` under the instance root (GraphQL: "/api/graphql"); the JSON answer.

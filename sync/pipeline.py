@@ -229,7 +229,7 @@ class Pipeline:
         base = f"/projects/{project_id}/{TABLE[kind]}/{iid}"
         if kind == "merge_request":
             discussions, diffs = await gather(
-                [self._client.get_all(f"{base}/discussions"), self._client.get_all(f"{base}/diffs")]
+                [self._client.get_all(f"{base}/discussions"), self._client.merge_request_files(project_id, iid)]
             )
             return discussions, diffs
         return await self._client.get_all(f"{base}/discussions"), None
