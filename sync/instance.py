@@ -3,7 +3,7 @@
 Read from `GET /version` and `GET /metadata` (doc/api/version.md, doc/api/metadata.md; `enterprise` came in
 15.6, /metadata itself in 15.2). The feature floors are GitLab's: merge request `/diffs` came in 15.7, the
 work-item status widget needs Premium or Ultimate on 18.x (doc/api/graphql, WorkItemWidgetStatus), and
-project webhooks take a signing token from 19.0 (doc/api/project_webhooks.md).
+project webhooks take a signing token from 19.0 (doc/api/system_hooks.md, `signing_token_present`).
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def degraded_features(instance: Instance) -> list[Degraded]:
     found = []
     version = instance.version
     if not instance.at_least(DIFFS_SINCE):
-        found.append(Degraded("mr_files", f"GitLab {version} has no merge request /diffs endpoint (15.7+): "
-                                          "the files an MR touches, and experts by path, are not mirrored"))
+        found.append(Degraded("mr_diffs", f"GitLab {version} has no merge request /diffs (15.7+): the files an "
+                                          "MR touches come from /changes, one unpaginated request per MR"))
     if instance.enterprise is False or not instance.at_least(WORK_ITEM_STATUS_SINCE):
         found.append(Degraded("work_item_status", f"GitLab {version} ({instance.edition}) has no work-item status "
                                                   "widget (Premium or Ultimate on 18.x): issues show "
