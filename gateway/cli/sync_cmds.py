@@ -109,6 +109,7 @@ def render_status(status: dict[str, Any]) -> str:
     lines.append(f"last success: {status['last_success_at'] or 'never'}")
     lines.append(f"next run: {status['next_run_at'] or 'not scheduled'}")
     lines.append(f"pending webhook events: {status['pending_events']}")
+    lines += _webhook_lines(status.get("webhooks") or [])
     if status["recent_runs"]:
         lines.append("recent runs:")
         for run in status["recent_runs"]:
@@ -119,6 +120,18 @@ def render_status(status: dict[str, Any]) -> str:
                 f"{run['started_at']} {counts}{error}"
             )
     return "\n".join(lines)
+
+
+def _webhook_lines(webhooks: list[dict[str, Any]]) -> list[str]:
+    """Each project's webhook as the scheduler's last check found it."""
+    if not webhooks:
+        return []
+    lines = ["webhooks (checked after each timer or manual run):"]
+    for hook in webhooks:
+        state = hook["state"].upper() if hook["state"] != "ok" else "ok"
+        until = f" until {hook['disabled_until']}" if hook.get("disabled_until") else ""
+        lines.append(f"  {hook['project']}: {state}{until} (checked {hook['checked_at']})")
+    return lines
 
 
 @asynccontextmanager
