@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -29,6 +30,7 @@ SKEW_WARN = 30.0  # seconds
 SKEW_FAIL = 300.0  # the signing-token window is +-5 minutes (docs/api.md, webhooks)
 EXPIRY_WARN_DAYS = 14
 OK, WARN, FAIL = "ok", "warn", "fail"
+_INLINE_SECRETS = (("gitlab", "token"), ("webhook", "secrets"), ("webhook", "signing_tokens"), ("auth", "signing_keys"))
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,10 @@ def check_config(config: Config) -> list[Check]:
     if source is None:
         return [Check("config", WARN, "no config file: built-in defaults and environment variables only",
                       "lore-gateway init --gitlab-url URL --token-file FILE --project PATH")]
-    checks = [_file_mode("config", source)]
-    for key, path in _secret_files(source):
+    document = _toml(source)
+    inline = [f"{section}.{key}" for section, key in _INLINE_SECRETS if key in document.get(section, {})]
+    checks = [_file_mode("config", source) if inline else Check("config", OK, f"{source} (holds no secret)")]
+    for key, path in _secret_files(document):
         checks.append(_file_mode(key, path))
     if not config.webhook.secrets and not config.webhook.signing_tokens:
         checks.append(Check("webhook secrets", FAIL, "no webhook.secrets or webhook.signing_tokens: every webhook "
@@ -77,12 +81,16 @@ def _file_mode(name: str, path: Path) -> Check:
     return Check(name, OK, f"{path} (mode 0600 or stricter)")
 
 
-def _secret_files(source: Path) -> list[tuple[str, Path]]:
-    """The `*_file` keys of the config file: each names a file holding a secret."""
+def _toml(source: Path) -> dict[str, Any]:
     try:
         document = tomllib.loads(source.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
-        return []
+        return {}
+    return {name: table for name, table in document.items() if isinstance(table, dict)}
+
+
+def _secret_files(document: dict[str, Any]) -> list[tuple[str, Path]]:
+    """The `*_file` keys of the config file: each names a file holding a secret."""
     found = []
     for section, table in document.items():
         for key, value in (table.items() if isinstance(table, dict) else ()):

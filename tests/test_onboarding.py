@@ -9,7 +9,6 @@ import os
 import signal
 import stat
 import sys
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from gateway.cli.base import UsageError
 from gateway.cli.init_cmds import Asker, gather
 from gateway.simulator import PROFILES, GitLabSimulator
 from sync.config import load_config
+from sync.doctor import check_config
 from tests.conftest import SIM_TOKEN
 from tests.test_gateway_e2e import free_port, wait_for
 
@@ -69,8 +69,12 @@ async def test_init_writes_a_private_commented_config_that_loads(tmp_path: Path,
 
     config = load_config(config_path, env={})
     text = config_path.read_text()
+    secrets_dir = config_path.parent / "secrets"
     assert stat.S_IMODE(config_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(f.stat().st_mode) for f in secrets_dir.iterdir()} == {0o600}
     assert text.startswith("# lore-gateway configuration")
+    assert config.webhook.secrets[0] not in text and config.auth.signing_keys[0] not in text
     assert config.gitlab.url == gitlab_url and config.gitlab.projects == PROJECTS and config.gitlab.token == SIM_TOKEN
     assert len(base64.b64decode(config.webhook.signing_tokens[0].removeprefix("whsec_"))) == 32
     assert len(config.auth.signing_keys[0]) >= 32 and len(config.webhook.secrets[0]) >= 32
@@ -83,16 +87,19 @@ async def test_init_never_prints_the_secrets_it_made(tmp_path: Path, gitlab_url:
                                str(token_file(tmp_path)), "--project", "acme/widgets",
                                "--config-out", str(config_path))
 
-    secrets = tomllib.loads(config_path.read_text())
-    assert code == 0 and orjson.loads(out)["config"] == str(config_path)
-    for value in (secrets["webhook"]["secrets"][0], secrets["webhook"]["signing_tokens"][0],
-                  secrets["auth"]["signing_keys"][0], SIM_TOKEN):
+    document = orjson.loads(out)
+    config = load_config(config_path, env={})
+    assert code == 0 and document["config"] == str(config_path)
+    assert set(document["generated"]) == {"webhook.secrets_file", "webhook.signing_tokens_file",
+                                          "auth.signing_keys_file"}
+    for value in (config.webhook.secrets[0], config.webhook.signing_tokens[0], config.auth.signing_keys[0],
+                  SIM_TOKEN):
         assert value not in out and value not in err
 
 
 async def test_init_refuses_to_overwrite_without_force(tmp_path: Path, gitlab_url: str) -> None:
     config_path, env = await init(tmp_path, gitlab_url)
-    before = config_path.read_text()
+    before = (config_path.parent / "secrets" / "webhook-secrets").read_text()
     args = ("init", "--gitlab-url", gitlab_url, "--token-file", str(tmp_path / "gitlab-token"),
             "--project", "acme/widgets", "--config-out", str(config_path))
 
@@ -100,7 +107,7 @@ async def test_init_refuses_to_overwrite_without_force(tmp_path: Path, gitlab_ur
     forced, _, _ = await cli(env, *args, "--force")
 
     assert code == 1 and orjson.loads(out)["error"]["code"] == "config_exists"
-    assert before != config_path.read_text() and forced == 0
+    assert forced == 0 and before != (config_path.parent / "secrets" / "webhook-secrets").read_text()
 
 
 async def test_init_without_a_terminal_names_what_is_missing(tmp_path: Path) -> None:
@@ -244,7 +251,9 @@ async def test_doctor_fails_on_a_disabled_hook_an_expired_token_and_an_open_conf
     await cli(env, "hooks", "install", "--url", "https://gateway.example/webhooks/gitlab")
     simulator.hooks.disable(simulator.hooks.of_project(1001)[0].id, permanently=True)
     simulator.personal_token.expires_at = "2020-01-01"
-    config_path.chmod(0o644)
+    config_path.chmod(0o644)  # fine: it holds no secret
+    secrets_file = config_path.parent / "secrets" / "webhook-secrets"
+    secrets_file.chmod(0o644)
 
     code, out, err = await cli(env, "doctor")
 
@@ -252,8 +261,8 @@ async def test_doctor_fails_on_a_disabled_hook_an_expired_token_and_an_open_conf
     lines = out.splitlines()
     failed = {line.split()[1] + (" " + line.split()[2] if line.split()[1] in ("webhook", "project") else "")
               for line in lines if line.startswith("fail")}
-    assert failed == {"config", "token", "webhook acme/widgets"}
-    assert f"fix: chmod 600 {config_path}" in out and "doctor" not in err.split(":")[0]
+    assert failed == {"webhook.secrets_file", "token", "webhook acme/widgets"}
+    assert f"fix: chmod 600 {secrets_file}" in out and "3 check(s) failed" in err
 
 
 async def test_doctor_warns_of_a_data_directory_others_can_read(tmp_path: Path, gitlab_url: str) -> None:
@@ -312,3 +321,14 @@ async def test_init_hooks_install_serve_a_change_reaches_the_mirror_through_the_
 
 async def _equals(read: Callable, wanted: str) -> bool:
     return await read() == wanted
+
+
+def test_doctor_fails_a_readable_config_that_holds_a_secret_inline(tmp_path: Path) -> None:
+    config_path = tmp_path / "config.toml"
+    config_path.write_text('[webhook]\nsecrets = ["inline-secret"]\n')
+    config_path.chmod(0o644)
+
+    checks = check_config(load_config(config_path, env={}))
+
+    assert (checks[0].name, checks[0].status, checks[0].fix) == ("config", "fail", f"chmod 600 {config_path}")
+    assert "inline-secret" not in checks[0].message

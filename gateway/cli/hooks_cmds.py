@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.cli.base import Context, UsageError, json_flag
 from sync.clock import SystemClock
@@ -59,6 +60,9 @@ async def cmd_hooks_install(ctx: Context) -> dict[str, Any]:
     async with _session(ctx) as session:
         instance = await read_instance(session.client)
         url = session.url
+        if _loopback(url) and not _loopback(ctx.config.gitlab.url or ""):
+            ctx.err(f"warning: GitLab at {ctx.config.gitlab.url} cannot reach {url}; pass --url with an address "
+                    "it can reach (GitLab also refuses local addresses unless its admin allows them)")
         wanted = wanted_hook(ctx.config, url, instance, push_events=ctx.args.push_events)
         results = await _each(ctx, lambda project: session.manager.install(project, wanted))
     for result in results:
@@ -138,6 +142,11 @@ def _projects(ctx: Context) -> tuple[str, ...]:
 
 async def _each(ctx: Context, act: Callable[[str], Awaitable[HookResult]]) -> list[HookResult]:
     return [await act(project) for project in _projects(ctx)]
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def _install_line(result: HookResult) -> str:

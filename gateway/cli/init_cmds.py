@@ -2,8 +2,10 @@
 
 What it cannot guess (GitLab's URL, the token file, the projects) comes from flags, or from prompts when
 a person sits at a terminal; without one, a missing answer is a usage error naming the flag. The secrets
-are never printed: they live in the file, which is validated by loading it exactly as `serve` will before
-it takes the place of anything.
+are never printed. They go to 0600 files in a `secrets/` directory (0700) beside the config, which names
+them (`*_file` keys): so the config itself holds none, and can be made readable to a system service's
+dynamic user (docs/operations.md) while `service install` moves the secrets to its env file. Everything
+is validated by loading it exactly as `serve` will before the config takes the place of anything.
 """
 
 from __future__ import annotations
@@ -65,19 +67,22 @@ class Generated:
 async def cmd_init(ctx: Context) -> dict[str, Any]:
     args = ctx.args
     target = _target(args.config_out)
-    if target.exists() and not args.force:
-        raise CommandFailed("config_exists", f"{target} already exists; pass --force to replace it")
+    secret_files = SecretFiles(target.parent / "secrets")
+    existing = [p for p in (target, *secret_files.paths()) if p.exists()]
+    if existing and not args.force:
+        raise CommandFailed("config_exists", f"{existing[0]} already exists; pass --force to replace it")
     answers = gather(args.gitlab_url, args.token_file, args.projects, ask=_terminal())
-    write_config(target, render_config(answers, Generated.new()))
-    ctx.out(f"Wrote {target} (mode 0600) with a new webhook secret, webhook signing token and API signing key.\n"
-            "The secrets are in that file only; they are not shown here. Next:\n"
+    secret_files.write(Generated.new())
+    write_config(target, render_config(answers, secret_files))
+    ctx.out(f"Wrote {target} (mode 0600) and, in {secret_files.directory} (0700), a new webhook secret, webhook "
+            "signing token and API signing key (0600 each; they are not shown here). Next:\n"
             f"  export {CONFIG_ENV}={target}\n"
             "  lore-gateway hooks install --url https://<this host, as GitLab reaches it>/webhooks/gitlab\n"
             "  lore-gateway doctor\n"
             "  lore-gateway serve            (or: lore-gateway service install)")
     return {"config": str(target), "gitlab_url": answers.gitlab_url, "token_file": str(answers.token_file),
             "projects": list(answers.projects),
-            "generated": ["webhook.secrets", "webhook.signing_tokens", "auth.signing_keys"]}
+            "generated": {key: str(path) for key, path in secret_files.by_key().items()}}
 
 
 # -- answers ---------------------------------------------------------------------------------------
@@ -145,12 +150,45 @@ def _toml(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def render_config(answers: Answers, generated: Generated) -> str:
+@dataclass(frozen=True)
+class SecretFiles:
+    """Where the generated secrets live: one file a key, one secret a line (rotation adds a line)."""
+
+    directory: Path
+
+    def by_key(self) -> dict[str, Path]:
+        return {"webhook.secrets_file": self.directory / "webhook-secrets",
+                "webhook.signing_tokens_file": self.directory / "webhook-signing-tokens",
+                "auth.signing_keys_file": self.directory / "auth-signing-keys"}
+
+    def paths(self) -> list[Path]:
+        return list(self.by_key().values())
+
+    def write(self, generated: Generated) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        values = (generated.webhook_secret, generated.signing_token, generated.signing_key)
+        for path, value in zip(self.paths(), values, strict=True):
+            _write_private(path, value + "\n")
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # 0600 from the first byte
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def render_config(answers: Answers, secrets_at: SecretFiles) -> str:
     projects = ", ".join(_toml(p) for p in answers.projects)
+    files = {key: _toml(str(path)) for key, path in secrets_at.by_key().items()}
     return f"""\
 # lore-gateway configuration, written by `lore-gateway init`.
 # Every key is documented in docs/configuration.md; any key can be overridden by an environment variable
-# LORE_GATEWAY_<SECTION>_<KEY>. This file holds secrets: keep it mode 0600.
+# LORE_GATEWAY_<SECTION>_<KEY>. The secrets are in the files it names (0600 each), not here.
 
 [gitlab]
 url = {_toml(answers.gitlab_url)}
@@ -165,18 +203,18 @@ port = 8080
 # data_dir = "~/.local/share/lore-gateway"
 
 [webhook]
-# GitLab's X-Gitlab-Token for GitLab before 19.0; list a second value while rotating.
-secrets = [{_toml(generated.webhook_secret)}]
+# GitLab's X-Gitlab-Token, for GitLab before 19.0; add a line while rotating.
+secrets_file = {files["webhook.secrets_file"]}
 # The Standard Webhooks signing token `hooks install` gives GitLab 19.0+ (whsec_ + base64 of 32 bytes).
-signing_tokens = [{_toml(generated.signing_token)}]
+signing_tokens_file = {files["webhook.signing_tokens_file"]}
 
 [sync]
 interval = "30m"                # the timer fallback: GitLab drops webhooks, the timer catches up
 profile = "balanced"
 
 [auth]
-# Signs the gateway's API tokens (lore-gateway token create); the first signs, all verify.
-signing_keys = [{_toml(generated.signing_key)}]
+# Signs the gateway's API tokens (lore-gateway token create); the first line signs, all verify.
+signing_keys_file = {files["auth.signing_keys_file"]}
 
 # [redis]
 # url = "redis://127.0.0.1:6379/0"   # share limits, locks and events between processes
@@ -186,7 +224,7 @@ signing_keys = [{_toml(generated.signing_key)}]
 def write_config(target: Path, text: str) -> None:
     """Written 0600 beside the target, loaded as `serve` would, then moved into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".toml")
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".toml")  # 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
