@@ -22,7 +22,7 @@ from sync.clock import Clock
 from sync.config import Config, ConfigError, ensure_data_dir
 from sync.errors import SyncError
 from sync.gitlab import GitLabClient, RetryPolicy
-from sync.hooks import MAINTAINER_NEEDED, HookManager, Manifest, default_hook_url, health_of
+from sync.hooks import MAINTAINER_NEEDED, HookManager, Manifest, default_hook_url, disabled_fix, health_of
 from sync.instance import Instance, degraded_features, read_instance
 from sync.redis_bus import redis_client
 
@@ -218,8 +218,11 @@ async def _hooks(config: Config, client: GitLabClient) -> list[Check]:
             checks.append(Check(name, WARN, "no webhook posts to the gateway: only the timer keeps the mirror "
                                 "fresh", "lore-gateway hooks install --url URL"))
         elif health.state == "disabled":
-            checks.append(Check(name, FAIL, health.message.split(";")[0],
-                                "make the gateway reachable from GitLab, then lore-gateway hooks install"))
+            hook = health.hook
+            assert hook is not None
+            until = f" until {hook.disabled_until}" if hook.disabled_until else ""
+            checks.append(Check(name, FAIL, f"#{hook.id} disabled by GitLab ({hook.alert_status}{until})",
+                                disabled_fix(hook)))
         else:
             checks.append(Check(name, OK, f"#{health.hook.id if health.hook else '?'} active"))
     return checks

@@ -299,12 +299,24 @@ def health_of(result: HookResult, now: float) -> HookHealth:
                           "no webhook posts to the gateway: run `lore-gateway hooks install`; the timer keeps "
                           "the mirror fresh meanwhile")
     if hook.disabled:
-        until = f" until {hook.disabled_until}" if hook.disabled_until else ""
-        return HookHealth(result.project, "disabled", now, hook,
-                          f"GitLab has disabled this webhook ({hook.alert_status}{until}) after failed deliveries; "
-                          "the timer keeps the mirror fresh meanwhile. Fix the gateway's reachability, then "
-                          "re-enable it (Settings > Webhooks > Test, or `lore-gateway hooks install`)")
+        return HookHealth(result.project, "disabled", now, hook, disabled_message(hook))
     return HookHealth(result.project, "ok", now, hook, "")
+
+
+def disabled_fix(hook: Hook) -> str:
+    """What to do about GitLab's auto-disabling of this hook (user/project/integrations/webhooks.md)."""
+    if hook.alert_status == "temporarily_disabled":
+        return "make the gateway reachable from GitLab; GitLab tries the hook again after the pause"
+    return "make the gateway reachable, then re-enable the hook with Test in the project's Settings > Webhooks"
+
+
+def disabled_message(hook: Hook) -> str:
+    if hook.alert_status == "temporarily_disabled":
+        until = f" until {hook.disabled_until}" if hook.disabled_until else ""
+        what = f"GitLab paused it{until} after failed deliveries"
+    else:
+        what = "GitLab disabled it after 40 failed deliveries in a row"
+    return f"{what}: {disabled_fix(hook)}. The timer keeps the mirror fresh meanwhile"
 
 
 async def check_health(manager: HookManager, projects: tuple[str, ...], url: str, clock: Clock

@@ -224,7 +224,7 @@ async def test_the_page_shows_freshness_intake_durations_hooks_and_degraded_feat
     await expect(page.locator("#intake-chart")).to_have_attribute("data-total", "1")
     assert await page.locator("#intake-chart rect").count() == 12
     assert await page.locator("#durations-chart rect").count() >= 2
-    await expect(page.locator("#degraded li").first).to_contain_text("work-item status")
+    await expect(page.locator("#degraded li").first).to_contain_text("work_item_status: unavailable")
     await expect(page.locator("#warnings")).to_contain_text("webhook of acme/widgets")
     await expect(page.locator("#gitlab-requests")).not_to_have_text("")
     PANELS_SCREENSHOT.parent.mkdir(exist_ok=True)

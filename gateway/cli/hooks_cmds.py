@@ -22,6 +22,7 @@ from sync.hooks import (
     HookResult,
     Manifest,
     default_hook_url,
+    disabled_message,
     health_of,
     wanted_hook,
 )
@@ -155,7 +156,7 @@ def _install_line(result: HookResult) -> str:
     auth = "signing token" if result.auth == "signing_token" else "secret token"
     line = f"{result.project}: {result.action} webhook #{hook.id} -> {hook.url} ({auth}; {', '.join(hook.events())})"
     if hook.disabled:
-        line += f"\n  GitLab has disabled it ({hook.alert_status}); it is re-enabled after a delivery succeeds"
+        line += f"\n  {disabled_message(hook)}"
     return line
 
 
