@@ -235,6 +235,11 @@ SCHEMAS: JSON = {
                               {"type": "null"}]},
         "paused_reason": {"type": ["string", "null"]},
         "pending_events": {**INTEGER, "description": "Inbox events not yet processed by a committed run."},
+        "gitlab_requests": _object({
+            "last_hour": {**INTEGER, "description": "GitLab requests (REST and GraphQL) in the last 60 minutes."},
+            "requests_per_minute": {"type": ["integer", "null"], "description": "The budget; null: none."},
+            "remaining_this_minute": {"type": ["integer", "null"]},
+        }),
     }),
     "SyncQueued": _object({"queued": {"const": True},
                            "run_id": {"type": ["integer", "null"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sync.budget import budget_usage
 from sync.clock import Clock, utc_iso
 from sync.config import Config
 from sync.db import Database
@@ -87,6 +88,7 @@ async def sync_status(
         "paused_reason": state.paused_reason,
         "pending_events": await pending_events(db),
         "warnings": _warnings(config),
+        "gitlab_requests": (await budget_usage(db, clock, config.gitlab.requests_per_minute)).to_json(),
     }
 
 

@@ -109,6 +109,7 @@ def render_status(status: dict[str, Any]) -> str:
     lines.append(f"last success: {status['last_success_at'] or 'never'}")
     lines.append(f"next run: {status['next_run_at'] or 'not scheduled'}")
     lines.append(f"pending webhook events: {status['pending_events']}")
+    lines.append(_gitlab_requests_line(status["gitlab_requests"]))
     if status["recent_runs"]:
         lines.append("recent runs:")
         for run in status["recent_runs"]:
@@ -119,6 +120,13 @@ def render_status(status: dict[str, Any]) -> str:
                 f"{run['started_at']} {counts}{error}"
             )
     return "\n".join(lines)
+
+
+def _gitlab_requests_line(usage: dict[str, Any]) -> str:
+    line = f"GitLab requests in the last hour: {usage['last_hour']}"
+    if usage["requests_per_minute"] is None:
+        return line + " (no budget: gitlab.requests_per_minute is 0)"
+    return line + f"; budget {usage['requests_per_minute']}/minute, {usage['remaining_this_minute']} left this minute"
 
 
 @asynccontextmanager
