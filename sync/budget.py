@@ -73,6 +73,7 @@ class RequestBudget:
         self._prefix = f"{redis_prefix}gitlab_requests:"
         self._redis_down = False
         self.waits = 0  # how many times a request waited for the next minute (for the bench and logs)
+        self.waiting = 0  # requests waiting for the next minute right now
 
     async def acquire(self) -> None:
         while True:
@@ -81,7 +82,11 @@ class RequestBudget:
             if await self._take(minute):
                 return
             self.waits += 1
-            await self._clock.sleep(max((minute + 1) * WINDOW - now, 0.001))
+            self.waiting += 1
+            try:
+                await self._clock.sleep(max((minute + 1) * WINDOW - now, 0.001))
+            finally:
+                self.waiting -= 1
 
     async def _take(self, minute: int) -> bool:
         shared = await self._take_in_redis(minute)
