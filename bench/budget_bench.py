@@ -77,12 +77,12 @@ class CountingBudget(RequestBudget):
 
     def __init__(self, db: Database, clock: FakeClock, per_minute: int) -> None:
         super().__init__(db, clock, per_minute)
-        self._clock_ = clock
         self.counted: Counter[int] = Counter()
 
-    async def acquire(self) -> None:
-        await super().acquire()
-        self.counted[int(self._clock_.now() // 60)] += 1
+    async def acquire(self) -> int:
+        minute = await super().acquire()
+        self.counted[minute] += 1
+        return minute
 
 
 def schedule(scenario: Scenario, sim: GitLabSimulator, rng: random.Random) -> list[tuple[float, str, int, int]]:
@@ -133,7 +133,7 @@ async def drive(clock: FakeClock, budget: RequestBudget, sim: GitLabSimulator, t
 
 
 async def replay(scenario: Scenario, per_minute: int, data_dir: Path) -> Outcome:
-    clock = FakeClock(start=DAY_START - 3600)  # the initial sync starts an hour before the day
+    clock = FakeClock(start=DAY_START - 12 * 3600)  # the initial sync: done well before the day begins
     sim = GitLabSimulator(token=TOKEN, clock=clock, seed=5, gitlab_version="18.5-ee")
     for n in range(scenario.projects):
         sim.add_project(f"team/p{n}", issues=scenario.issues, merge_requests=scenario.merge_requests,

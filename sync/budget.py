@@ -75,12 +75,13 @@ class RequestBudget:
         self.waits = 0  # how many times a request waited for the next minute (for the bench and logs)
         self.waiting = 0  # requests waiting for the next minute right now
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> int:
+        """Wait for a slot; returns the clock minute (Unix seconds // 60) the request was counted in."""
         while True:
             now = self._clock.now()
             minute = int(now // WINDOW)
             if await self._take(minute):
-                return
+                return minute
             self.waits += 1
             self.waiting += 1
             try:
