@@ -18,6 +18,7 @@ from gateway import api, auth, health, knowledge_api, logs, metrics, sse, status
 from gateway.cache import VERSIONS
 from gateway.http import errors_middleware
 from gateway.keys import BUS, CLOCK, CONFIG, DB, GITLAB, LEADER, REDIS, RUNNER, SCHEDULER, WORKERS
+from sync.budget import RequestBudget
 from sync.clock import Clock, SystemClock
 from sync.config import Config, ensure_data_dir
 from sync.db import Database
@@ -120,6 +121,7 @@ async def _gitlab(app: web.Application) -> AsyncIterator[None]:
         concurrency=gitlab.concurrency,
         timeout=gitlab.timeout,
         clock=app[CLOCK],
+        budget=RequestBudget(app[DB], app[CLOCK], gitlab.requests_per_minute, redis=app.get(REDIS)),
     )
     app[GITLAB] = client
     yield

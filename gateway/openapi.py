@@ -251,6 +251,11 @@ SCHEMAS: JSON = {
                                        "events": {"type": "array", "items": STRING},
                                        "alert_status": {"type": ["string", "null"]},
                                        "disabled_until": _nullable(TIME), "message": STRING})},
+        "gitlab_requests": _object({
+            "last_hour": {**INTEGER, "description": "GitLab requests (REST and GraphQL) in the last 60 minutes."},
+            "requests_per_minute": {"type": ["integer", "null"], "description": "The budget; null: none."},
+            "remaining_this_minute": {"type": ["integer", "null"]},
+        }),
     }),
     "SyncQueued": _object({"queued": {"const": True},
                            "run_id": {"type": ["integer", "null"],

@@ -824,7 +824,9 @@ def _mr_detail(project: Project, mr: JSON) -> JSON:
     iid = mr["iid"]
     return {**mr, "subscribed": False, "diff_refs": project.diff_refs.get(iid),
             "changes_count": str(len(project.diffs.get(iid, []))), "user": {"can_merge": True},
-            "first_contribution": False}
+            "first_contribution": False, "merge_error": None, "latest_build_started_at": None,
+            "latest_build_finished_at": None, "first_deployed_to_production_at": None, "pipeline": None,
+            "head_pipeline": None}
 
 
 def _not_found(what: str) -> web.Response:

@@ -50,6 +50,7 @@ class GitLabConfig:
     projects: tuple[str, ...] = ()
     concurrency: int = 8
     timeout: float = 30.0
+    requests_per_minute: int = 0  # a budget across stages and processes (sync/budget.py); 0 = none
 
     @property
     def enabled(self) -> bool:
@@ -151,7 +152,8 @@ class Config:
 # --- the key set -------------------------------------------------------------------------------
 
 _KEYS: dict[str, frozenset[str]] = {
-    "gitlab": frozenset({"url", "token", "token_file", "projects", "concurrency", "timeout"}),
+    "gitlab": frozenset({"url", "token", "token_file", "projects", "concurrency", "timeout",
+                         "requests_per_minute"}),
     "gateway": frozenset({"host", "port", "data_dir", "log_level"}),
     "webhook": frozenset(
         {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "retention"}
@@ -503,6 +505,7 @@ def _gitlab(section: _Section) -> GitLabConfig:
         projects=_projects(section),
         concurrency=section.integer("concurrency", default.concurrency, 1, 64),
         timeout=section.duration("timeout", default.timeout),
+        requests_per_minute=section.integer("requests_per_minute", default.requests_per_minute, 0, 1_000_000),
     )
 
 
@@ -692,6 +695,7 @@ def describe(config: Config) -> dict[str, Any]:
             "projects": list(gitlab.projects),
             "concurrency": gitlab.concurrency,
             "timeout": gitlab.timeout,
+            "requests_per_minute": gitlab.requests_per_minute,
         },
         "gateway": {
             "host": gateway.host,

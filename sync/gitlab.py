@@ -25,6 +25,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from sync.budget import RequestBudget
 from sync.clock import Clock, SystemClock
 from sync.errors import PermanentError, TransientError
 
@@ -111,7 +112,9 @@ class GitLabClient:
         retry: RetryPolicy = RetryPolicy(),
         rng: random.Random | None = None,
         session: aiohttp.ClientSession | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
+        """`budget` (sync.budget) is taken before every request, retries included; None: no budget, no count."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._root = URL(base_url.rstrip("/"))
@@ -126,6 +129,7 @@ class GitLabClient:
         self._rng = rng or random.Random()
         self._session = session
         self._owns_session = session is None
+        self._budget = budget
         self._semaphore = asyncio.Semaphore(concurrency)
         self._diffs_probe = asyncio.Lock()
         self._ratelimit: _RateLimit | None = None
@@ -316,6 +320,8 @@ class GitLabClient:
     async def _send_once(
         self, url: URL, path: str, payload: bytes | None = None, method: str | None = None
     ) -> _Response:
+        if self._budget is not None:
+            await self._budget.acquire()
         pause = self._ratelimit_pause()
         if pause > 0:
             await self._clock.sleep(pause)

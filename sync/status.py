@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sync.budget import budget_usage
 from sync.clock import Clock, utc_iso
 from sync.config import Config
 from sync.db import Database
@@ -93,6 +94,7 @@ async def sync_status(
         "projects": await project_freshness(db, now),
         "webhook_intake": await webhook_intake(db, now),
         "webhooks": webhooks,
+        "gitlab_requests": (await budget_usage(db, clock, config.gitlab.requests_per_minute)).to_json(),
     }
 
 

@@ -707,6 +707,7 @@ def test_describe_of_the_defaults(tmp_path: Path) -> None:
         "projects": [],
         "concurrency": 8,
         "timeout": 30.0,
+        "requests_per_minute": 0,
     }
     assert summary["gateway"]["port"] == 8080
     assert summary["gateway"]["db_path"].endswith("lore.db")
@@ -791,3 +792,9 @@ def test_setting_a_secret_and_its_file_both_in_env_is_an_error(tmp_path: Path) -
 def test_a_redis_url_with_a_bad_port_is_an_error_that_hides_the_password(tmp_path: Path) -> None:
     message = error(tmp_path, LORE_GATEWAY_REDIS_URL="redis://:pw-xyz@cache:99999/0")
     assert message == "redis.url (env LORE_GATEWAY_REDIS_URL): the URL has an invalid port"
+
+
+def test_requests_per_minute_is_a_budget_or_zero_for_none(tmp_path: Path) -> None:
+    assert load_config(None, env={}).gitlab.requests_per_minute == 0
+    assert load(tmp_path, LORE_GATEWAY_GITLAB_REQUESTS_PER_MINUTE="100").gitlab.requests_per_minute == 100
+    assert "out of range" in error(tmp_path, LORE_GATEWAY_GITLAB_REQUESTS_PER_MINUTE="-1")
