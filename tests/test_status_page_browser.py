@@ -68,7 +68,8 @@ async def a_fresh_mirror(config: Config) -> None:
 @pytest.fixture
 async def gateway(config_for: Callable[..., Config], simulator: GitLabSimulator) -> AsyncIterator[Gateway]:
     simulator.latency = SIMULATED_LATENCY
-    config = config_for(auth_signing_keys="browser-test-key", webhook_secrets=WEBHOOK_SECRET)
+    config = config_for(auth_signing_keys="browser-test-key", webhook_secrets=WEBHOOK_SECRET,
+                        gitlab_requests_per_minute="600")
     config.gateway.data_dir.mkdir(parents=True, exist_ok=True)
     await a_fresh_mirror(config)
     app = create_app(config)
@@ -226,7 +227,9 @@ async def test_the_page_shows_freshness_intake_durations_hooks_and_degraded_feat
     assert await page.locator("#durations-chart rect").count() >= 2
     await expect(page.locator("#degraded li").first).to_contain_text("work_item_status: unavailable")
     await expect(page.locator("#warnings")).to_contain_text("webhook of acme/widgets")
-    await expect(page.locator("#gitlab-requests")).not_to_have_text("")
+    await expect(page.locator("#gitlab-requests")).to_have_text(re.compile(r"^[1-9]\d*$"))
+    await expect(page.locator("#request-budget-text")).to_contain_text("budget 600/min")
+    await expect(page.locator("#request-budget")).to_be_visible()
     PANELS_SCREENSHOT.parent.mkdir(exist_ok=True)
     await page.screenshot(path=str(PANELS_SCREENSHOT), full_page=True)
     assert problems.seen == []
