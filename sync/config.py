@@ -72,6 +72,7 @@ class WebhookConfig:
     signing_tokens: tuple[str, ...] = field(default=(), repr=False)
     max_body_bytes: int = 1048576
     retention: float = 7 * _DAY
+    url: str | None = None  # where GitLab posts (`hooks install`, the hook health check)
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,8 @@ _KEYS: dict[str, frozenset[str]] = {
                          "requests_per_minute"}),
     "gateway": frozenset({"host", "port", "data_dir", "log_level"}),
     "webhook": frozenset(
-        {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "retention"}
+        {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "retention",
+         "url"}
     ),
     "sync": frozenset(
         {"interval", "debounce", "max_wait", "profile", "backoff_base", "backoff_max", "stale_lock"}
@@ -528,6 +530,7 @@ def _webhook(section: _Section) -> WebhookConfig:
         signing_tokens=signing_tokens,
         max_body_bytes=section.integer("max_body_bytes", default.max_body_bytes, 1, _MAX_BODY_LIMIT),
         retention=section.duration("retention", default.retention),
+        url=_http_url(section, "url"),
     )
 
 
@@ -709,6 +712,7 @@ def describe(config: Config) -> dict[str, Any]:
             "signing_token_count": len(webhook.signing_tokens),
             "max_body_bytes": webhook.max_body_bytes,
             "retention": webhook.retention,
+            "url": webhook.url,
         },
         "sync": dataclasses.asdict(config.sync),
         "auth": {"signing_key_count": len(config.auth.signing_keys)},

@@ -115,7 +115,10 @@ class HookResult:
 
 
 def default_hook_url(config: Config) -> str:
-    """Where GitLab should POST: the gateway's own host and port (a wildcard bind names this host)."""
+    """Where GitLab should POST: webhook.url, else the gateway's own host and port (a wildcard bind
+    names this host)."""
+    if config.webhook.url:
+        return config.webhook.url
     host = config.gateway.host
     if host in ("0.0.0.0", "::", ""):
         host = socket.getfqdn()

@@ -241,6 +241,12 @@ def test_the_default_url_is_the_gateways_own(config: Config) -> None:
     assert default_hook_url(config) == "http://127.0.0.1:8080/webhooks/gitlab"
 
 
+def test_webhook_url_names_where_gitlab_posts(config_for: Callable[..., Config]) -> None:
+    config = config_for(webhook_url="https://gateway.example/webhooks/gitlab/")
+
+    assert default_hook_url(config) == "https://gateway.example/webhooks/gitlab"
+
+
 async def test_health_shows_a_disabled_hook_and_a_missing_one(client: GitLabClient, config: Config,
                                                               simulator: GitLabSimulator) -> None:
     manager = manager_for(client, config)

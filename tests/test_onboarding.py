@@ -20,8 +20,10 @@ from gateway.cli.base import UsageError
 from gateway.cli.init_cmds import Asker, gather
 from gateway.simulator import PROFILES, GitLabSimulator
 from sync.config import load_config
-from sync.doctor import check_config
-from tests.conftest import SIM_TOKEN
+from sync.doctor import check_config, check_redis
+from tests.conftest import SIM_TOKEN, make_config
+from tests.redis_server import free_port as free_redis_port
+from tests.redis_server import redis_url  # noqa: F401 (fixture)
 from tests.test_gateway_e2e import free_port, wait_for
 
 PROJECTS = ("acme/widgets", "acme/gadgets")
@@ -332,3 +334,14 @@ def test_doctor_fails_a_readable_config_that_holds_a_secret_inline(tmp_path: Pat
 
     assert (checks[0].name, checks[0].status, checks[0].fix) == ("config", "fail", f"chmod 600 {config_path}")
     assert "inline-secret" not in checks[0].message
+
+
+async def test_doctor_checks_redis_only_when_configured(tmp_path: Path, redis_url: str) -> None:  # noqa: F811
+    closed = f"redis://127.0.0.1:{free_redis_port()}/0"
+
+    absent = await check_redis(make_config(tmp_path))
+    up = await check_redis(make_config(tmp_path, redis_url=redis_url))
+    down = await check_redis(make_config(tmp_path, redis_url=closed))
+
+    assert absent is None and up is not None and up.status == "ok"
+    assert down is not None and down.status == "fail" and "redis.url" in down.fix

@@ -28,7 +28,8 @@ from sync.hooks import (
 )
 from sync.instance import read_instance
 
-_URL_HELP = "the URL GitLab posts to (default: http://<gateway.host>:<gateway.port>/webhooks/gitlab)"
+_URL_HELP = ("the URL GitLab posts to (default: webhook.url, else "
+             "http://<gateway.host>:<gateway.port>/webhooks/gitlab)")
 
 
 def register(commands: Any) -> None:

@@ -207,6 +207,8 @@ port = 8080
 secrets_file = {files["webhook.secrets_file"]}
 # The Standard Webhooks signing token `hooks install` gives GitLab 19.0+ (whsec_ + base64 of 32 bytes).
 signing_tokens_file = {files["webhook.signing_tokens_file"]}
+# Where GitLab posts (`hooks install`, the hook health check); default http://<host>:<port>/webhooks/gitlab.
+# url = "https://gateway.example.com/webhooks/gitlab"
 
 [sync]
 interval = "30m"                # the timer fallback: GitLab drops webhooks, the timer catches up
