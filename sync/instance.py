@@ -1,9 +1,10 @@
 """Which GitLab the gateway talks to (version, edition) and what the gateway cannot do on it.
 
 Read from `GET /version` and `GET /metadata` (doc/api/version.md, doc/api/metadata.md; `enterprise` came in
-15.6, /metadata itself in 15.2). The feature floors are GitLab's: merge request `/diffs` came in 15.7, the
-work-item status widget needs Premium or Ultimate on 18.x (doc/api/graphql, WorkItemWidgetStatus), and
-project webhooks take a signing token from 19.0 (doc/api/system_hooks.md, `signing_token_present`).
+15.6, /metadata itself in 15.2). The feature floors are GitLab's, as docs/gitlab.md lists them: merge request
+`/diffs` came in 15.7, the work-item status object in EE 17.8 (Premium or Ultimate; the tier cannot be read
+without admin rights, so an EE of that age counts as having it), and project webhooks take a signing token
+from 19.0 (GitLab's doc/api/system_hooks.md, `signing_token_present`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sync.errors import PermanentError, SyncError
 from sync.gitlab import GitLabClient
 
 DIFFS_SINCE = (15, 7)
-WORK_ITEM_STATUS_SINCE = (18, 0)
+WORK_ITEM_STATUS_SINCE = (17, 8)
 SIGNING_TOKEN_SINCE = (19, 0)
 _VERSION = re.compile(r"(\d+)\.(\d+)")
 
@@ -85,7 +86,7 @@ def degraded_features(instance: Instance) -> list[Degraded]:
                                           "MR touches come from /changes, one unpaginated request per MR"))
     if instance.enterprise is False or not instance.at_least(WORK_ITEM_STATUS_SINCE):
         found.append(Degraded("work_item_status", f"GitLab {version} ({instance.edition}) has no work-item status "
-                                                  "widget (Premium or Ultimate on 18.x): issues show "
+                                                  "(EE 17.8+, Premium or Ultimate): issues show "
                                                   "work_item_status null"))
     if not instance.supports_signing_token:
         found.append(Degraded("signed_webhooks", f"GitLab {version} cannot sign webhooks (19.0+): hooks use the "
