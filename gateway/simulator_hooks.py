@@ -104,6 +104,7 @@ class SimulatedHooks:
         self.hooks: dict[int, SimHook] = {}
         self.deliveries: list[Delivery] = []
         self.signing_tokens = False  # GitLab 19.0+ knows `signing_token`
+        self.signing_flag = True  # ... and keeps it only with its webhook_signing_token feature flag on
         self.access_level = MAINTAINER  # the token's user's role on every project
         self._next_id = 1
 
@@ -257,7 +258,9 @@ class SimulatedHooks:
         if "token" in body:
             attrs["token"] = str(body["token"]) or None
         if "signing_token" in body and self.signing_tokens:
-            attrs["signing_token"] = _signing_token(body["signing_token"])
+            token = _signing_token(body["signing_token"])
+            if self.signing_flag:
+                attrs["signing_token"] = token
         return attrs
 
     def _apply(self, hook: SimHook, attrs: dict[str, Any]) -> None:

@@ -81,6 +81,7 @@ class Wanted:
     push_events: bool
     auth: str  # signing_token | token
     secret: str = field(repr=False)
+    fallback: str | None = field(default=None, repr=False)  # the secret token, should GitLab keep no signing token
 
     def triggers(self) -> dict[str, bool]:
         return {**dict.fromkeys(WANTED_TRIGGERS, True), "push_events": self.push_events}
@@ -131,7 +132,7 @@ def wanted_hook(config: Config, url: str, instance: Instance | None, *, push_eve
     """The signing token where this GitLab takes one (19.0+), else the first webhook secret."""
     signing, secrets = config.webhook.signing_tokens, config.webhook.secrets
     if signing and instance is not None and instance.supports_signing_token:
-        return Wanted(url, push_events, "signing_token", signing[0])
+        return Wanted(url, push_events, "signing_token", signing[0], secrets[0] if secrets else None)
     if secrets:
         return Wanted(url, push_events, "token", secrets[0])
     if signing:
@@ -162,9 +163,9 @@ class Manifest:
         entry = self.projects.get(project)
         return entry if isinstance(entry, dict) else {}
 
-    def record(self, project: str, hook: Hook, wanted: Wanted) -> None:
+    def record(self, project: str, hook: Hook, wanted: Wanted, *, signing_refused: bool = False) -> None:
         self.projects[project] = {"hook_id": hook.id, "url": hook.url, "auth": wanted.auth,
-                                  "fingerprint": wanted.fingerprint()}
+                                  "fingerprint": wanted.fingerprint(), "signing_refused": signing_refused}
 
     def forget(self, project: str) -> None:
         self.projects.pop(project, None)
@@ -209,6 +210,9 @@ class HookManager:
         project_id, hooks = await self._hooks(project)
         current = self._ours(project, hooks, wanted.url)
         entry = self.manifest.entry(project)
+        refused = wanted.auth == "signing_token" and entry.get("signing_refused") is True
+        if refused:  # GitLab kept no signing token last time: the secret stands in (hooks uninstall retries)
+            wanted = self._unsigned(project, wanted)
         if (current is not None and wanted.matches(current) and entry.get("hook_id") == current.id
                 and entry.get("fingerprint") == wanted.fingerprint()):
             return HookResult(project, "unchanged", current, wanted.auth, project_id)
@@ -220,11 +224,18 @@ class HookManager:
             hook = await self._write(project, "PUT", f"{base}/{current.id}", wanted.body())
             action = "updated"
         if wanted.auth == "signing_token" and hook.signing_token_present is False:
+            # GitLab 19 with its webhook_signing_token feature flag off ignores the attribute.
+            wanted, refused = self._unsigned(project, wanted), True
+            hook = await self._write(project, "PUT", f"{base}/{hook.id}", wanted.body())
+        self.manifest.record(project, hook, wanted, signing_refused=refused)
+        return HookResult(project, action, hook, wanted.auth, project_id)
+
+    def _unsigned(self, project: str, wanted: Wanted) -> Wanted:
+        if wanted.fallback is None:
             raise PermanentError("signing_token_refused",
                                  f"GitLab kept no signing token on {project}'s webhook (its webhook_signing_token "
-                                 "feature flag may be off): remove webhook.signing_tokens to use the secret token")
-        self.manifest.record(project, hook, wanted)
-        return HookResult(project, action, hook, wanted.auth, project_id)
+                                 "feature flag may be off) and webhook.secrets is empty: add a secret")
+        return Wanted(wanted.url, wanted.push_events, "token", wanted.fallback)
 
     async def status(self, project: str, url: str) -> HookResult:
         project_id, hooks = await self._hooks(project)

@@ -219,6 +219,20 @@ async def test_gitlab_19_gets_the_signing_token_and_no_plain_token(client: GitLa
     assert hook.token is None and hook.triggers["push_events"] is True
 
 
+async def test_gitlab_19_without_its_signing_flag_gets_the_secret_token_instead(
+        client: GitLabClient, config: Config, simulator: GitLabSimulator) -> None:
+    simulator.hooks.signing_tokens, simulator.hooks.signing_flag = True, False
+    manager = manager_for(client, config)
+    wanted = wanted_hook(config, HOOK_URL, GITLAB_19, push_events=False)
+
+    result = await manager.install("acme/widgets", wanted)
+    again = await manager.install("acme/widgets", wanted)
+
+    hook = simulator.hooks.of_project(1001)[0]
+    assert result.auth == "token" and hook.token == "hook-secret-1" and hook.signing_token is None
+    assert again.action == "unchanged"
+
+
 async def test_without_maintainer_the_error_names_the_role(client: GitLabClient, config: Config,
                                                            simulator: GitLabSimulator) -> None:
     simulator.hooks.access_level = 30
