@@ -99,6 +99,18 @@ async def test_init_never_prints_the_secrets_it_made(tmp_path: Path, gitlab_url:
         assert value not in out and value not in err
 
 
+async def test_init_writes_where_lore_gateway_config_points_before_the_file_exists(
+        tmp_path: Path, gitlab_url: str) -> None:
+    target = tmp_path / "etc" / "lore-gateway.toml"
+    env = clean_env() | {"LORE_GATEWAY_CONFIG": str(target)}
+
+    code, _, err = await cli(env, "init", "--gitlab-url", gitlab_url, "--token-file", str(token_file(tmp_path)),
+                             "--project", "acme/widgets")
+
+    assert code == 0, err
+    assert load_config(target, env={}).gitlab.projects == ("acme/widgets",)
+
+
 async def test_init_refuses_to_overwrite_without_force(tmp_path: Path, gitlab_url: str) -> None:
     config_path, env = await init(tmp_path, gitlab_url)
     before = (config_path.parent / "secrets" / "webhook-secrets").read_text()

@@ -39,7 +39,7 @@ def register(commands: Any) -> None:
                    help=f"where to write it (default: ${CONFIG_ENV} or {DEFAULT_CONFIG})")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     json_flag(p)
-    p.set_defaults(handler=cmd_init)
+    p.set_defaults(handler=cmd_init, needs_config=False)
 
 
 @dataclass(frozen=True)
