@@ -100,7 +100,7 @@ def schedule(scenario: Scenario, sim: GitLabSimulator, rng: random.Random) -> li
         what = "note_issue" if roll < 0.25 else "note_mr" if roll < 0.4 else "issue" if roll < 0.7 else "mr"
         items = project.merge_requests if what in ("note_mr", "mr") else project.issues
         changes.append((rng.uniform(work_start, work_end), what, project.id, rng.choice(list(items))))
-    bulk_at = work_start + (work_end - work_start) * 0.25
+    bulk_at = work_start + (work_end - work_start) * 0.25 + 137  # off the passes' 5-minute grid
     project = projects[0]
     for iid in rng.sample(list(project.issues), min(scenario.bulk_edit, len(project.issues))):
         changes.append((bulk_at, "bulk", project.id, iid))
@@ -120,15 +120,17 @@ def apply(sim: GitLabSimulator, what: str, project_id: int, iid: int, n: int) ->
         sim.update_issue(project_id, iid, labels=["triaged", f"batch-{n % 3}"])
 
 
-async def drive(clock: FakeClock, budget: RequestBudget, sim: GitLabSimulator, task: asyncio.Task) -> None:
-    """Move the fake clock to the next minute whenever the run waits for the budget and nothing is in flight."""
+async def drive(clock: FakeClock, budget: CountingBudget, sim: GitLabSimulator, task: asyncio.Task) -> None:
+    """Move the fake clock to the next minute once the run waits for the budget: at once when the minute's
+    budget is spent, else when nothing has reached GitLab for a while (the run has no more to ask now)."""
     seen, quiet = -1, 0
     while not task.done():
         await asyncio.sleep(0.002)
         count = sim.request_count
         quiet = quiet + 1 if count == seen else 0
         seen = count
-        if budget.waiting and quiet >= 3:
+        spent = budget.counted[int(clock.now() // 60)] >= budget.per_minute
+        if budget.waiting and (spent or quiet >= 25):
             await clock.advance(60 - clock.now() % 60)
             quiet = 0
 
