@@ -82,10 +82,14 @@ class RequestBudget:
             minute = int(now // WINDOW)
             if await self._take(minute):
                 return minute
+            # Measured again: the take itself awaited, and the minute may have turned meanwhile.
+            left = (minute + 1) * WINDOW - self._clock.now()
+            if left <= 0:
+                continue
             self.waits += 1
             self.waiting += 1
             try:
-                await self._clock.sleep(max((minute + 1) * WINDOW - now, 0.001))
+                await self._clock.sleep(left)
             finally:
                 self.waiting -= 1
 
