@@ -1,7 +1,8 @@
 """A simulated GitLab for tests, benchmarks and `lore-gateway demo`.
 
 It serves the slice of GitLab's REST API the sync engine reads (projects, issues, MRs, discussions, diffs)
-with GitLab's pagination headers, auth, rate-limit headers and error bodies, and returns a webhook for each
+with GitLab's pagination headers, auth, rate-limit headers and error bodies, as the chosen version profile
+(gateway/simulator_profiles.py) serves them, and returns a webhook for each
 change it is told to make. Latency, faults and counting live in one middleware, so a client sees them as it
 would from a real server. Generated data lives in `simulator_data`.
 """

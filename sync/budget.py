@@ -68,7 +68,6 @@ class RequestBudget:
         self._db = db
         self._clock = clock
         self.per_minute = per_minute
-        self._redis = redis
         self._redis_take = redis.register_script(_TAKE) if redis is not None else None
         self._prefix = f"{redis_prefix}gitlab_requests:"
         self._redis_down = False
@@ -78,14 +77,17 @@ class RequestBudget:
     async def acquire(self) -> int:
         """Wait for a slot; returns the clock minute (Unix seconds // 60) the request was counted in."""
         while True:
-            now = self._clock.now()
-            minute = int(now // WINDOW)
+            minute = int(self._clock.now() // WINDOW)
             if await self._take(minute):
                 return minute
+            # Measured again: the take itself awaited, and the minute may have turned meanwhile.
+            left = (minute + 1) * WINDOW - self._clock.now()
+            if left <= 0:
+                continue
             self.waits += 1
             self.waiting += 1
             try:
-                await self._clock.sleep(max((minute + 1) * WINDOW - now, 0.001))
+                await self._clock.sleep(left)
             finally:
                 self.waiting -= 1
 

@@ -65,7 +65,8 @@ async def test_a_budget_of_n_a_minute_is_never_exceeded_over_a_simulated_span(ai
     assert client.responses == {200: 35}  # GitLab's throttle never answered 429
     counted = await per_minute(db)
     assert sum(counted.values()) == 35 and max(counted.values()) == BUDGET
-    assert clock.now() - start >= 3 * 60  # 35 requests at 10 a minute need a fourth minute
+    assert sorted(counted.values()) == [5, BUDGET, BUDGET, BUDGET]  # every minute's budget used, none lost
+    assert 3 * 60 <= clock.now() - start < 4 * 60  # 35 requests at 10 a minute need a fourth minute, no more
     assert budget.waits > 0
 
 
@@ -177,3 +178,24 @@ async def test_the_status_api_reports_gitlab_requests(config_for, aiohttp_client
     body = await (await client.get("/api/v1/sync/status", headers={"Authorization": f"Bearer {token}"})).json()
 
     assert body["gitlab_requests"] == {"last_hour": 0, "requests_per_minute": 100, "remaining_this_minute": 100}
+
+
+async def test_a_minute_that_turns_while_a_request_is_refused_costs_no_extra_wait(db: Database) -> None:
+    clock = FakeClock(start=1_800_000_000.0 + 59)  # one second before a minute turns
+
+    class TurnsDuringTheTake(RequestBudget):
+        turned = False
+
+        async def _take(self, minute: int) -> bool:
+            taken = await super()._take(minute)
+            if not taken and not self.turned:
+                self.turned = True
+                await clock.advance(1)  # the refusal was on its way back when the minute turned
+            return taken
+
+    budget = TurnsDuringTheTake(db, clock, 1)
+    assert await budget.acquire() == int(clock.now() // 60)
+
+    counted_in = await asyncio.wait_for(budget.acquire(), 2)  # nothing moves the clock again
+
+    assert counted_in == int(clock.now() // 60) and budget.waits == 0
