@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._simproc import TOKEN, SimSpec, simulator_process
+from gateway.simulator_profiles import DEFAULT_PROFILE, PROFILES
 from sync.clock import SystemClock
 from sync.config import load_config
 from sync.db import Database
@@ -67,10 +68,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (for the test suite)")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--latency", type=float, default=0.015, help="seconds the simulator adds per request")
+    parser.add_argument("--gitlab-version", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
+                        help="which GitLab the simulator behaves like (docs/gitlab.md)")
     args = parser.parse_args()
-    spec = SimSpec(latency=args.latency)
+    spec = SimSpec(latency=args.latency, gitlab_version=args.gitlab_version)
     if args.quick:
-        spec = SimSpec(projects=2, issues=30, merge_requests=10, notes_per_item=2, latency=0.002)
+        spec = SimSpec(projects=2, issues=30, merge_requests=10, notes_per_item=2, latency=0.002,
+                       gitlab_version=args.gitlab_version)
     projects = [f"bench/p{n}" for n in range(spec.projects)]
     with simulator_process(spec) as url, tempfile.TemporaryDirectory() as tmp:
         seq, counts, seq_requests = asyncio.run(timed_sync(url, projects, 1, Path(tmp) / "seq"))

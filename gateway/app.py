@@ -18,11 +18,13 @@ from gateway import api, auth, health, knowledge_api, logs, metrics, sse, status
 from gateway.cache import VERSIONS
 from gateway.http import errors_middleware
 from gateway.keys import BUS, CLOCK, CONFIG, DB, GITLAB, LEADER, REDIS, RUNNER, SCHEDULER, WORKERS
+from sync.budget import RequestBudget
 from sync.clock import Clock, SystemClock
 from sync.config import Config, ensure_data_dir
 from sync.db import Database
 from sync.events import EventBus
 from sync.gitlab import GitLabClient
+from sync.hooks import refresh_health
 from sync.redis_bus import DEFAULT_PREFIX, RedisEventBus, redis_client
 from sync.redis_lock import LeaderLease, RedisLock
 from sync.runner import SyncRunner
@@ -118,6 +120,7 @@ async def _gitlab(app: web.Application) -> AsyncIterator[None]:
         concurrency=gitlab.concurrency,
         timeout=gitlab.timeout,
         clock=app[CLOCK],
+        budget=RequestBudget(app[DB], app[CLOCK], gitlab.requests_per_minute, redis=app.get(REDIS)),
     )
     app[GITLAB] = client
     yield
@@ -138,8 +141,10 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     lease = _leader_lease(app)
     if lease is not None:
         await lease.start()
+    client, config, clock = app.get(GITLAB), app[CONFIG], app[CLOCK]
     scheduler = Scheduler(app[DB], app[RUNNER], app[BUS], app[CLOCK], app[CONFIG],
-                          timer_gate=lease.allows_timer if lease else None, warnings=_warnings(app))
+                          timer_gate=lease.allows_timer if lease else None, warnings=_warnings(app),
+                          after_pass=(lambda: refresh_health(client, config, clock)) if client else None)
     app[SCHEDULER] = scheduler
     await scheduler.start()
     yield

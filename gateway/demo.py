@@ -15,6 +15,7 @@ import secrets
 import aiohttp
 
 from gateway.simulator import GitLabSimulator
+from gateway.simulator_profiles import DEFAULT_PROFILE
 
 log = logging.getLogger("lore_gateway.demo")
 
@@ -22,8 +23,8 @@ DEMO_PROJECTS = (("demo/storefront", 80, 30), ("demo/platform", 60, 20))
 WORDS = ("login", "checkout", "cache", "timeout", "search", "billing", "export", "crash", "latency", "docs")
 
 
-def build_simulator(seed: int = 42) -> GitLabSimulator:
-    sim = GitLabSimulator(token=secrets.token_urlsafe(16), seed=seed, latency=0.005)
+def build_simulator(seed: int = 42, gitlab_version: str = DEFAULT_PROFILE) -> GitLabSimulator:
+    sim = GitLabSimulator(token=secrets.token_urlsafe(16), seed=seed, latency=0.005, gitlab_version=gitlab_version)
     for path, issues, mrs in DEMO_PROJECTS:
         sim.add_project(path, issues=issues, merge_requests=mrs, notes_per_item=3)
     sim.enable_work_items()  # a Premium-like GitLab, so issues show their work-item status

@@ -1,7 +1,8 @@
 """A simulated GitLab for tests, benchmarks and `lore-gateway demo`.
 
 It serves the slice of GitLab's REST API the sync engine reads (projects, issues, MRs, discussions, diffs)
-with GitLab's pagination headers, auth, rate-limit headers and error bodies, and returns a webhook for each
+with GitLab's pagination headers, auth, rate-limit headers and error bodies, as the chosen version profile
+(gateway/simulator_profiles.py) serves them, and returns a webhook for each
 change it is told to make. Latency, faults and counting live in one middleware, so a client sees them as it
 would from a real server. Generated data lives in `simulator_data`.
 """
@@ -47,10 +48,12 @@ from gateway.simulator_data import (
     rest_time,
     ruby_time,
 )
+from gateway.simulator_hooks import SimulatedHooks, SimulatedToken
+from gateway.simulator_profiles import DEFAULT_PROFILE, PROFILES, StatusWidget, VersionProfile, profile_named
 from sync.clock import Clock, SystemClock
 
-__all__ = ["GITLAB_VERSION", "GitLabSimulator", "GraphQLBatch", "Project", "Webhook", "WorkItemsGraphQL",
-           "sign_webhook"]
+__all__ = ["DEFAULT_PROFILE", "GITLAB_VERSION", "PROFILES", "GitLabSimulator", "GraphQLBatch", "Project",
+           "VersionProfile", "Webhook", "WorkItemsGraphQL", "sign_webhook"]
 
 GITLAB_VERSION = "18.5.0"
 MAX_COUNT = 10_000  # above this many rows GitLab stops counting: no x-total, x-total-pages, rel="last"
@@ -100,6 +103,8 @@ class Webhook:
     # GitLab's recursion-detection id: shared by a chain of hooks, so deliberately not a dedupe key.
     event_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
     instance: str = "http://gitlab.sim"
+    user_agent: str = f"GitLab/{GITLAB_VERSION}"
+    send_idempotency_key: bool = True  # GitLab before 17.4 sends none
 
     @cached_property
     def _body(self) -> bytes:
@@ -114,13 +119,14 @@ class Webhook:
         """Request headers; `timestamp` (Unix seconds) defaults to real time: GitLab signs at send time."""
         headers = {
             "Content-Type": "application/json",
-            "User-Agent": f"GitLab/{GITLAB_VERSION}",
+            "User-Agent": self.user_agent,
             "X-Gitlab-Event": self.event,
             "X-Gitlab-Instance": self.instance,
             "X-Gitlab-Webhook-UUID": str(uuid.uuid4()),
             "X-Gitlab-Event-UUID": self.event_uuid,
-            "Idempotency-Key": self.idempotency_key,
         }
+        if self.send_idempotency_key:
+            headers["Idempotency-Key"] = self.idempotency_key
         if secret is not None:
             headers["X-Gitlab-Token"] = secret
         if signing_token is not None:
@@ -245,8 +251,10 @@ class GitLabSimulator:
 
     def __init__(self, *, token: str = "sim-token", clock: Clock | None = None, seed: int = 1,
                  latency: float = 0.0, base_url: str = "http://gitlab.sim",
-                 touch_interval: float = TOUCH_INTERVAL) -> None:
-        """`touch_interval`: GitLab's throttled touch of a note's parent (0 = every note moves updated_at)."""
+                 touch_interval: float = TOUCH_INTERVAL, gitlab_version: str = DEFAULT_PROFILE) -> None:
+        """`touch_interval`: GitLab's throttled touch of a note's parent (0 = every note moves updated_at).
+        `gitlab_version` names a profile of gateway.simulator_profiles (ValueError for an unknown one)."""
+        self.profile: VersionProfile = profile_named(gitlab_version)
         self.token = token
         self.touch_interval = touch_interval
         self._vanishing: set[tuple[int, str, int]] = set()
@@ -257,6 +265,10 @@ class GitLabSimulator:
         self.request_log: list[tuple[str, str]] = []
         self.ratelimit_remaining: int | None = None
         self.ratelimit_limit = 2000
+        # Authenticated API requests a minute before a 429, in fixed clock-minute windows as Rack::Attack
+        # counts them; None: unthrottled (self-managed GitLab's default).
+        self.throttle: int | None = self.profile.default_throttle
+        self._window: tuple[int, int] = (0, 0)  # (minute, requests counted in it)
         # Answers POST /api/graphql; the default is a GitLab without work items (an `errors` array, HTTP 200).
         self.graphql_handler: Callable[[JSON], GraphQLReply] = _graphql_without_work_items
         self.work_items: WorkItemsGraphQL | None = None
@@ -266,6 +278,9 @@ class GitLabSimulator:
         self._faults: list[_Fault] = []
         self._heads: dict[int, str] = {}
         self._last_ms = 0
+        # Project webhooks (`await sim.hooks.dispatch(webhook)` delivers a change to them) and the token's self.
+        self.hooks = SimulatedHooks(self._clock.now, self._now_ms)
+        self.personal_token = SimulatedToken(created_ms=self._now_ms() - 30 * 86_400_000)
 
     # -- data --------------------------------------------------------------------------------------
 
@@ -421,7 +436,12 @@ class GitLabSimulator:
     # -- work items (GraphQL) ----------------------------------------------------------------------
 
     def enable_work_items(self, **options: Any) -> WorkItemsGraphQL:
-        """Answer GraphQL like a Premium GitLab 18.1+ with work-item statuses; options as WorkItemsGraphQL."""
+        """Answer GraphQL like a Premium GitLab with work items; options as WorkItemsGraphQL.
+
+        The status widget and its `category` are the profile's unless `options` say otherwise.
+        """
+        options.setdefault("status_widget", self.profile.status_widget)
+        options.setdefault("category", self.profile.status_category)
         self.work_items = WorkItemsGraphQL(self, **options)
         self.graphql_handler = self.work_items
         return self.work_items
@@ -490,11 +510,17 @@ class GitLabSimulator:
             ("mrs_list", p + "/merge_requests", self._list_mrs),
             ("mr", p + r"/merge_requests/{iid:\d+}", self._get_mr),
             ("mr_discussions", p + r"/merge_requests/{iid:\d+}/discussions", self._mr_discussions),
-            ("mr_diffs", p + r"/merge_requests/{iid:\d+}/diffs", self._mr_diffs),
+            ("mr_changes", p + r"/merge_requests/{iid:\d+}/changes", self._mr_changes),
+            ("version", "/api/v4/version", self._metadata),
+            ("metadata", "/api/v4/metadata", self._metadata),
         )
+        if self.profile.mr_diffs:  # before 15.7 the route does not exist: Grape's bare 404
+            routes += (("mr_diffs", p + r"/merge_requests/{iid:\d+}/diffs", self._mr_diffs),)
         for name, path, handler in routes:
             app.router.add_get(path, handler, name=name)
         app.router.add_post("/api/graphql", self._graphql, name="graphql")
+        self.hooks.add_routes(app, self._find_project)
+        app.router.add_get("/api/v4/personal_access_tokens/self", self.personal_token.handle, name="pat_self")
         app.router.add_route("*", "/api/{tail:.*}", self._unknown_route, name="unknown")
         return app
 
@@ -507,9 +533,22 @@ class GitLabSimulator:
         if self.latency > 0:
             # Real sleep, not the clock: HTTP tests run on the real event loop's time.
             await asyncio.sleep(self.latency)
-        response = self._take_fault(request.raw_path) or self._reject_token(request) or await handler(request)
+        response = (self._take_fault(request.raw_path) or self._reject_token(request) or self._throttled()
+                    or await handler(request))
         self._add_ratelimit_headers(response)
         return response
+
+    def _throttled(self) -> web.Response | None:
+        """Rack::Attack's authenticated API throttle: a 429 once this clock minute's requests exceed it."""
+        if self.throttle is None:
+            return None
+        minute = int(self._clock.now() // 60)
+        counted = self._window[1] + 1 if self._window[0] == minute else 1
+        self._window = (minute, counted)
+        if counted <= self.throttle:
+            return None
+        retry_after = max(1, (minute + 1) * 60 - math.ceil(self._clock.now()))
+        return web.Response(status=429, text="Retry later", headers={"Retry-After": str(retry_after)})
 
     def _take_fault(self, raw_path: str) -> web.Response | None:
         response = None
@@ -535,16 +574,28 @@ class GitLabSimulator:
         return web.json_response({"message": "401 Unauthorized"}, status=401)
 
     def _add_ratelimit_headers(self, response: web.StreamResponse) -> None:
-        """GitLab.com-style headers; the simulator never enforces the limit (inject a 429 fault for that)."""
-        if self.ratelimit_remaining is None:
-            return
-        self.ratelimit_remaining = max(0, self.ratelimit_remaining - 1)
+        """RateLimit-* as GitLab sends them: on every answer from gitlab.com (or once `ratelimit_remaining`
+        is set), and from self-managed GitLab only on the 429 its throttle answers with.
+
+        With `ratelimit_remaining` set the headers count down from it and never enforce anything (inject a
+        429 fault for that); otherwise they describe the `throttle` window.
+        """
         reset = (int(self._clock.now()) // 60 + 1) * 60
+        if self.ratelimit_remaining is not None:
+            self.ratelimit_remaining = max(0, self.ratelimit_remaining - 1)
+            limit, remaining = self.ratelimit_limit, self.ratelimit_remaining
+            observed = max(0, limit - remaining)
+        elif response.status == 429 or self.profile.ratelimit_headers == "always":
+            limit = self.throttle if self.throttle is not None else self.ratelimit_limit
+            observed = self._window[1] if self._window[0] == int(self._clock.now() // 60) else 0
+            remaining = 0 if response.status == 429 else max(0, limit - observed)
+        else:
+            return
         response.headers.update({
             "RateLimit-Name": "throttle_authenticated_api",
-            "RateLimit-Limit": str(self.ratelimit_limit),
-            "RateLimit-Observed": str(max(0, self.ratelimit_limit - self.ratelimit_remaining)),
-            "RateLimit-Remaining": str(self.ratelimit_remaining),
+            "RateLimit-Limit": str(limit),
+            "RateLimit-Observed": str(observed),
+            "RateLimit-Remaining": str(remaining),
             "RateLimit-Reset": str(reset),  # a Unix time, as GitLab sends it
             "RateLimit-ResetTime": formatdate(reset, usegmt=True),
         })
@@ -577,10 +628,7 @@ class GitLabSimulator:
         project, item = self._find_item(request, "merge_request")
         if project is None or item is None:
             return _not_found("Project" if project is None else "Merge Request")
-        iid = item["iid"]
-        return web.json_response({**item, "subscribed": False, "diff_refs": project.diff_refs.get(iid),
-                                  "changes_count": str(len(project.diffs.get(iid, []))),
-                                  "user": {"can_merge": True}, "first_contribution": False})
+        return web.json_response(_mr_detail(project, item))
 
     async def _issue_discussions(self, request: web.Request) -> web.Response:
         return self._discussions(request, "issue", "Issue")
@@ -593,6 +641,18 @@ class GitLabSimulator:
         if project is None or item is None:
             return _not_found("Project" if project is None else "Merge Request")
         return self._paginated(request, project.diffs.get(item["iid"], []))
+
+    async def _mr_changes(self, request: web.Request) -> web.Response:
+        """The MR with its files under `changes`, unpaginated (api/merge_requests.md, deprecated in 15.7)."""
+        project, item = self._find_item(request, "merge_request")
+        if project is None or item is None:
+            return _not_found("Project" if project is None else "Merge Request")
+        # /changes entries predate `generated_file` (added to /diffs in 16.9).
+        changes = [{k: v for k, v in d.items() if k != "generated_file"} for d in project.diffs.get(item["iid"], [])]
+        return web.json_response({**_mr_detail(project, item), "changes": changes, "overflow": False})
+
+    async def _metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(self.profile.metadata())
 
     async def _graphql(self, request: web.Request) -> web.Response:
         try:
@@ -755,7 +815,8 @@ class GitLabSimulator:
         self._vanishing.discard((project.id, kind, iid))
 
     def _webhook(self, event: str, payload: JSON) -> Webhook:
-        return Webhook(event=event, payload=payload, instance=self.base_url)
+        return Webhook(event=event, payload=payload, instance=self.base_url, user_agent=self.profile.user_agent,
+                       send_idempotency_key=self.profile.idempotency_key)
 
     def _issue_hook(self, project: Project, issue: JSON, action: str, user: Person, changes: JSON) -> Webhook:
         attrs = {**issue_hook_attrs(self._data, project, issue, hook_time), "action": action,
@@ -848,6 +909,16 @@ def _changes(factory: DataFactory, project: Project, before: JSON, after: JSON, 
     return changes
 
 
+def _mr_detail(project: Project, mr: JSON) -> JSON:
+    """GET /merge_requests/:iid: the list entry plus the fields only the single MR carries."""
+    iid = mr["iid"]
+    return {**mr, "subscribed": False, "diff_refs": project.diff_refs.get(iid),
+            "changes_count": str(len(project.diffs.get(iid, []))), "user": {"can_merge": True},
+            "first_contribution": False, "merge_error": None, "latest_build_started_at": None,
+            "latest_build_finished_at": None, "first_deployed_to_production_at": None, "pipeline": None,
+            "head_pipeline": None}
+
+
 def _not_found(what: str) -> web.Response:
     return web.json_response({"message": f"404 {what} Not Found"}, status=404)
 
@@ -899,8 +970,9 @@ class WorkItemsGraphQL:
 
     def __init__(self, sim: GitLabSimulator, *, max_complexity: int = 250, complexity_per_item: int = 2,
                  base_complexity: int = 5, timeout_above: int | None = None, widget: bool = True,
-                 category: bool = True) -> None:
+                 category: bool = True, status_widget: StatusWidget = "object") -> None:
         self._sim = sim
+        self.status_widget = status_widget
         self.max_complexity = max_complexity
         self.complexity_per_item = complexity_per_item
         self.base_complexity = base_complexity
@@ -924,6 +996,9 @@ class WorkItemsGraphQL:
         variables = body.get("variables") or {}
         if "workItems" not in query:
             return {"errors": [{"message": "this simulator answers only project workItems queries"}]}
+        mismatch = self._schema_error(query)
+        if mismatch is not None:
+            return mismatch
         if not self.category and re.search(r"\bcategory\b", query):
             return _undefined_field("category", "WorkItemStatus")
         project = self._sim_project(str(variables.get("fullPath", "")))
@@ -945,6 +1020,27 @@ class WorkItemsGraphQL:
             return {"data": {"project": None}}
         wanted = [project.issues[i] for i in sorted(set(iids), reverse=True) if i in project.issues][:size]
         return {"data": {"project": {"workItems": {"nodes": [self._node(project, i) for i in wanted]}}}}
+
+    def _schema_error(self, query: str) -> JSON | None:
+        """GraphQL validation errors (HTTP 200) of an edition whose status widget differs from 18.x EE's."""
+        if "WorkItemWidgetStatus" not in query or self.status_widget == "object":
+            return None
+        if self.status_widget == "none":  # CE and Free: the type does not exist at all
+            return {"errors": [{
+                "message": "No such type WorkItemWidgetStatus, so it can't be a fragment condition",
+                "locations": [{"line": 1, "column": 1}], "path": ["query workItemStatuses"],
+                "extensions": {"code": "undefinedType", "typeName": "WorkItemWidgetStatus"},
+            }]}
+        selected = re.search(r"status\s*\{\s*([^}]*)\}", query)
+        if selected is None:
+            return None
+        fields = json.dumps(selected.group(1).split()).replace(",", ", ")
+        return {"errors": [{  # EE before 17.8: `status` is the requirement's verification status, a String
+            "message": f"Selections can't be made on scalars (field 'status' returns String but has "
+                       f"selections {fields})",
+            "locations": [{"line": 1, "column": 1}], "path": ["query workItemStatuses"],
+            "extensions": {"code": "selectionMismatch", "nodeName": "field 'status'", "typeName": "String"},
+        }]}
 
     def _node(self, project: Project, issue: JSON) -> JSON:
         # Other widgets match no fragment and come back as empty objects, as in GitLab.

@@ -280,8 +280,14 @@ class DataFactory:
             "web_url": web_url,
             "time_stats": _time_stats(), "task_completion_status": {"count": 0, "completed_count": 0},
             "references": _references(project.path, f"#{iid}"), "severity": "UNKNOWN", "moved_to_id": None,
-            "service_desk_reply_to": None,
+            "service_desk_reply_to": None, "imported": False, "imported_from": "none",
+            "_links": self._issue_links(project, iid),
         }
+
+    def _issue_links(self, project: Project, iid: int) -> JSON:
+        api = f"{self.base_url}/api/v4/projects/{project.id}"
+        return {"self": f"{api}/issues/{iid}", "notes": f"{api}/issues/{iid}/notes",
+                "award_emoji": f"{api}/issues/{iid}/award_emoji", "project": api, "closed_as_duplicate_of": None}
 
     def merge_request(self, project: Project, iid: int, *, title: str, description: str, author: str,
                       created_ms: int, updated_ms: int, source_branch: str, sha: str, state: str = "opened",
@@ -314,7 +320,8 @@ class DataFactory:
             "web_url": f"{project.web_url}/-/merge_requests/{iid}", "time_stats": _time_stats(),
             "squash": False,
             "task_completion_status": {"count": 0, "completed_count": 0}, "has_conflicts": False,
-            "blocking_discussions_resolved": True,
+            "blocking_discussions_resolved": True, "imported": False, "imported_from": "none", "merge_after": None,
+            "prepared_at": rest_time(created_ms), "approvals_before_merge": None,
         }
 
     def note(self, project: Project, parent: JSON, kind: str, *, body: str, author: str, at_ms: int,

@@ -55,6 +55,7 @@ class GitLabConfig:
     concurrency: int = 8
     timeout: float = 30.0
     touch_interval: float = _MINUTE  # GitLab's ThrottledTouch::TOUCH_INTERVAL
+    requests_per_minute: int = 0  # a budget across stages and processes (sync/budget.py); 0 = none
 
     @property
     def enabled(self) -> bool:
@@ -84,6 +85,7 @@ class WebhookConfig:
     max_body_bytes: int = 26214400  # GitLab sends up to 25 MB (docs/webhooks.md)
     retention: float = 7 * _DAY
     fsync: bool = False  # inbox commits with synchronous=FULL: an accepted webhook survives a power cut
+    url: str | None = None  # where GitLab posts (`hooks install`, the hook health check)
 
 
 @dataclass(frozen=True)
@@ -166,14 +168,14 @@ class Config:
 
 _KEYS: dict[str, frozenset[str]] = {
     "gitlab": frozenset({"url", "token", "token_file", "projects", "concurrency", "timeout",
-                         "touch_interval"}),
+                         "touch_interval", "requests_per_minute"}),
     "gateway": frozenset(
         {"host", "port", "data_dir", "log_level", "trusted_proxies", "max_sse_clients", "max_sse_per_token",
          "keepalive_timeout"}
     ),
     "webhook": frozenset(
         {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "retention",
-         "fsync"}
+         "fsync", "url"}
     ),
     "sync": frozenset(
         {"interval", "debounce", "max_wait", "profile", "backoff_base", "backoff_max", "stale_lock",
@@ -548,6 +550,7 @@ def _gitlab(section: _Section) -> GitLabConfig:
         concurrency=section.integer("concurrency", default.concurrency, 1, 64),
         timeout=section.duration("timeout", default.timeout),
         touch_interval=section.duration("touch_interval", default.touch_interval, allow_zero=True),
+        requests_per_minute=section.integer("requests_per_minute", default.requests_per_minute, 0, 1_000_000),
     )
 
 
@@ -586,6 +589,7 @@ def _webhook(section: _Section) -> WebhookConfig:
         max_body_bytes=section.integer("max_body_bytes", default.max_body_bytes, 1, _MAX_BODY_LIMIT),
         retention=section.duration("retention", default.retention),
         fsync=section.boolean("fsync", default.fsync),
+        url=_http_url(section, "url"),
     )
 
 
@@ -771,6 +775,7 @@ def describe(config: Config) -> dict[str, Any]:
             "projects": list(gitlab.projects),
             "concurrency": gitlab.concurrency,
             "timeout": gitlab.timeout,
+            "requests_per_minute": gitlab.requests_per_minute,
         },
         "gateway": {
             "host": gateway.host,
@@ -789,6 +794,7 @@ def describe(config: Config) -> dict[str, Any]:
             "max_body_bytes": webhook.max_body_bytes,
             "retention": webhook.retention,
             "fsync": webhook.fsync,
+            "url": webhook.url,
         },
         "sync": dataclasses.asdict(config.sync),
         "auth": {"signing_key_count": len(config.auth.signing_keys)},

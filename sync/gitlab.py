@@ -25,6 +25,7 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
+from sync.budget import RequestBudget
 from sync.clock import Clock, SystemClock
 from sync.errors import PermanentError, TransientError
 
@@ -44,6 +45,10 @@ _REDACTED = "[redacted]"
 _QUERY_TIMEOUT = b"Request timed out"
 
 _PERMANENT_CODES = {401: "gitlab_unauthorized", 403: "gitlab_forbidden", 404: "gitlab_not_found"}
+
+# GitLab base URL -> whether it serves GET .../merge_requests/:iid/diffs (15.7+). Learnt once per process,
+# so on an older GitLab every later MR goes straight to /changes instead of spending a 404 first.
+_HAS_DIFFS: dict[str, bool] = {}
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,9 @@ class GitLabClient:
         retry: RetryPolicy = RetryPolicy(),
         rng: random.Random | None = None,
         session: aiohttp.ClientSession | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
+        """`budget` (sync.budget) is taken before every request, retries included; None: no budget, no count."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._root = URL(base_url.rstrip("/"))
@@ -122,7 +129,9 @@ class GitLabClient:
         self._rng = rng or random.Random()
         self._session = session
         self._owns_session = session is None
+        self._budget = budget
         self._semaphore = asyncio.Semaphore(concurrency)
+        self._diffs_probe = asyncio.Lock()
         self._ratelimit: _RateLimit | None = None
         self.requests_made = 0
         self.responses: Counter[int] = Counter()  # HTTP status -> responses received (for /metrics)
@@ -203,6 +212,45 @@ class GitLabClient:
             raise self._transient("gitlab_bad_response", f"GET /projects/{ref}: expected a JSON object")
         return body
 
+    async def merge_request_files(self, project_id: int, iid: int) -> list[dict[str, Any]]:
+        """The files an MR changes (old_path, new_path, new_file, renamed_file, deleted_file, ...).
+
+        From `/diffs` (paginated, GitLab 15.7+); on a 404 from `/changes` (the MR with an unpaginated
+        `changes` array, api/merge_requests.md), and when that answers, this GitLab is remembered as one
+        without `/diffs`. A 404 from both means the MR itself is gone: PermanentError "gitlab_not_found".
+        """
+        base = f"/projects/{project_id}/merge_requests/{iid}"
+        instance = str(self._root)
+        if instance not in _HAS_DIFFS:
+            async with self._diffs_probe:  # the MRs of a page arrive together: one of them finds out
+                if instance not in _HAS_DIFFS:
+                    return await self._probe_diffs(instance, base)
+        if _HAS_DIFFS[instance]:
+            return await self.get_all(f"{base}/diffs")
+        return await self._changes(base)
+
+    async def _probe_diffs(self, instance: str, base: str) -> list[dict[str, Any]]:
+        try:
+            files = await self.get_all(f"{base}/diffs")
+        except PermanentError as exc:
+            if exc.code != "gitlab_not_found":
+                raise
+        else:
+            _HAS_DIFFS[instance] = True
+            return files
+        files = await self._changes(base)  # a 404 here too: the MR is gone, and we still do not know
+        _HAS_DIFFS[instance] = False
+        logger.info("GitLab at %s has no merge request /diffs (before 15.7): using /changes",
+                    self._api.with_user(None))
+        return files
+
+    async def _changes(self, base: str) -> list[dict[str, Any]]:
+        body = await self.get(f"{base}/changes")
+        changes = body.get("changes") if isinstance(body, dict) else None
+        if not isinstance(changes, list):
+            raise self._transient("gitlab_bad_response", f"GET {base}/changes: expected an object with `changes`")
+        return changes
+
     async def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
         """POST `body` as JSON to `path` under the instance root (GraphQL: "/api/graphql"); the JSON answer.
 
@@ -214,6 +262,17 @@ class GitLabClient:
             path = "/" + path
         url = URL(str(self._root) + path, encoded=True)
         return (await self._request(path, None, url=url, payload=json.dumps(body).encode())).body
+
+    async def send(self, method: str, path: str, body: Mapping[str, Any] | None = None
+                   ) -> tuple[Any, Mapping[str, str]]:
+        """`method` (GET, POST, PUT or DELETE) on `path` under /api/v4, `body` as JSON: (answer, headers).
+
+        For calls that change GitLab's settings (webhooks) or need a response header (`Date`); an empty
+        answer (GitLab's 204 to a DELETE) is None. Errors and retries as for `get`.
+        """
+        payload = None if body is None else json.dumps(body).encode()
+        response = await self._request(path, None, payload=payload, method=method.upper())
+        return response.body, response.headers
 
     def list_params(self, updated_after: str | None) -> dict[str, str | int]:
         """Query for an incremental issue/MR listing, oldest change first so a cursor can advance."""
@@ -231,14 +290,15 @@ class GitLabClient:
     # -- one request, retried ----------------------------------------------------------------------
 
     async def _request(
-        self, path: str, params: Params | None, *, url: URL | None = None, payload: bytes | None = None
+        self, path: str, params: Params | None, *, url: URL | None = None, payload: bytes | None = None,
+        method: str | None = None,
     ) -> _Response:
-        """GET `path` (under /api/v4), or with a `payload`, POST it as JSON to `url`."""
+        """GET `path` (under /api/v4), or with a `payload`, POST it as JSON to `url` (or `method` it)."""
         url = url or self._url(path, params)
         attempt = 1
         while True:
             try:
-                return await self._send_once(url, path, payload)
+                return await self._send_once(url, path, payload, method)
             except _Retryable as failure:
                 if attempt >= self._retry.attempts:
                     raise failure.error from failure.__cause__
@@ -257,26 +317,30 @@ class GitLabClient:
         url = URL(str(self._api) + path, encoded=True)
         return url.with_query(dict(params)) if params else url
 
-    async def _send_once(self, url: URL, path: str, payload: bytes | None = None) -> _Response:
+    async def _send_once(
+        self, url: URL, path: str, payload: bytes | None = None, method: str | None = None
+    ) -> _Response:
+        if self._budget is not None:
+            await self._budget.acquire()
         pause = self._ratelimit_pause()
         if pause > 0:
             await self._clock.sleep(pause)
         async with self._semaphore:
             self.requests_made += 1
-            status, headers, raw = await self._fetch(url, path, payload)
+            status, headers, raw = await self._fetch(url, path, payload, method)
         self.responses[status] += 1
         self._observe_ratelimit(headers)
-        return self._interpret(_method(payload, path), status, headers, raw)
+        return self._interpret(_method(payload, path, method), status, headers, raw)
 
     async def _fetch(
-        self, url: URL, path: str, payload: bytes | None = None
+        self, url: URL, path: str, payload: bytes | None = None, method: str | None = None
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One HTTP exchange; network failures become retryable errors naming the request."""
-        request = _method(payload, path)
+        request = _method(payload, path, method)
         headers = self._headers if payload is None else {**self._headers, "Content-Type": "application/json"}
         try:
             async with self._http().request(
-                "GET" if payload is None else "POST",
+                request.partition(" ")[0],
                 url,
                 data=payload,
                 headers=headers,
@@ -301,6 +365,8 @@ class GitLabClient:
     def _interpret(self, request: str, status: int, headers: Mapping[str, str], raw: bytes) -> _Response:
         """`request` is what error messages call it, e.g. "GET /projects/12"."""
         if 200 <= status < 300:
+            if not raw.strip() and not request.startswith(("GET", "POST")):
+                return _Response(None, headers)  # a 204 to a DELETE, say
             try:
                 return _Response(json.loads(raw), headers)
             except ValueError as exc:
@@ -378,8 +444,8 @@ class GitLabClient:
         return PermanentError(code, self._redact(message))
 
 
-def _method(payload: bytes | None, path: str) -> str:
-    return f"{'GET' if payload is None else 'POST'} {path}"
+def _method(payload: bytes | None, path: str, method: str | None = None) -> str:
+    return f"{method or ('GET' if payload is None else 'POST')} {path}"
 
 
 def _gitlab_detail(raw: bytes) -> str:

@@ -267,7 +267,7 @@ class Pipeline:
             discussions, diffs = await gather(
                 [
                     self._for_item(ref, self._client.get_all(f"{base}/discussions")),
-                    self._for_item(ref, self._client.get_all(f"{base}/diffs")),
+                    self._for_item(ref, self._client.merge_request_files(project_id, iid)),
                 ]
             )
             return _Details(discussions, diffs, fetched_at)

@@ -9,9 +9,10 @@ the run's id.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from contextlib import AbstractAsyncContextManager, nullcontext
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 
+from sync.budget import RequestBudget
 from sync.clock import Clock
 from sync.config import Config
 from sync.db import Database
@@ -20,6 +21,7 @@ from sync.events import EventBus
 from sync.gitlab import GitLabClient
 from sync.lock import SyncLock, new_owner
 from sync.pipeline import Pipeline, SyncRequest
+from sync.redis_bus import redis_client
 from sync.runs import Run, RunLog
 
 
@@ -137,15 +139,25 @@ class SyncRunner:
             touch_interval=self._config.gitlab.touch_interval,
         )
 
-    def _client_for_run(self) -> AbstractAsyncContextManager[GitLabClient]:
+    @asynccontextmanager
+    async def _client_for_run(self) -> AsyncIterator[GitLabClient]:
         """The long-lived client of `serve` when there is one; otherwise one for this run."""
         if self._client is not None:
-            return nullcontext(self._client)
+            yield self._client
+            return
         gitlab = self._config.gitlab
-        return GitLabClient(
-            gitlab.url or "",
-            gitlab.token or "",
-            concurrency=gitlab.concurrency,
-            timeout=gitlab.timeout,
-            clock=self._clock,
-        )
+        redis = redis_client(self._config.redis.url) if self._config.redis.url else None
+        budget = RequestBudget(self._db, self._clock, gitlab.requests_per_minute, redis=redis)
+        try:
+            async with GitLabClient(
+                gitlab.url or "",
+                gitlab.token or "",
+                concurrency=gitlab.concurrency,
+                timeout=gitlab.timeout,
+                clock=self._clock,
+                budget=budget,
+            ) as client:
+                yield client
+        finally:
+            if redis is not None:
+                await redis.aclose()

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import random
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -174,9 +174,13 @@ class Scheduler:
         rng: random.Random | None = None,
         timer_gate: Callable[[], bool] | None = None,
         warnings: tuple[str, ...] = (),
+        after_pass: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         """`timer_gate`: whether this process may start timer runs now (the leader lease with Redis);
-        `warnings`: lines the status document adds (e.g. per-process rate limits with several workers)."""
+        `warnings`: lines the status document adds (e.g. per-process rate limits with several workers);
+        `after_pass`: called after every run that is not a webhook's (timer, start-up, manual): the
+        webhooks' health check, which must not raise what it can name."""
+        self._after_pass = after_pass
         self._db = db
         self._timer_gate = timer_gate
         self._warnings = warnings
@@ -415,6 +419,15 @@ class Scheduler:
         finally:
             self._running = False
             self._publish_state()
+        if self._after_pass is not None and request.trigger != "webhook":
+            await self._check_after_pass()
+
+    async def _check_after_pass(self) -> None:
+        assert self._after_pass is not None
+        try:
+            await self._after_pass()
+        except (SyncError, OSError) as error:  # a failed check must not stop the scheduler
+            logger.warning("scheduler: the check after the pass failed: %s", error)
 
     def _request_for(self, due: tuple[str, ...], taken: _Wants, events: list[inbox.InboxEvent]
                      ) -> SyncRequest | None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sync.budget import budget_usage
 from sync.clock import Clock, utc_iso
 from sync.config import Config
 from sync.db import Database
+from sync.freshness import project_freshness, webhook_intake
+from sync.hooks import HealthStore
 from sync.lock import SYNC_LOCK
 from sync.runs import RunLog
 
@@ -71,6 +74,7 @@ async def sync_status(
     if next_run_at is None and config.gitlab.enabled and not state.paused_reason:
         next_run_at = _next_timer_run(last_success, state, now, config.sync.interval)
     in_backoff = state.next_retry_at is not None and state.consecutive_failures > 0
+    webhooks = HealthStore(config.gateway.data_dir).load()
     return {
         "scheduler_state": derive_state(state, running=running, debouncing=debouncing, now=now),
         "sync_enabled": config.gitlab.enabled,
@@ -86,7 +90,11 @@ async def sync_status(
         else None,
         "paused_reason": state.paused_reason,
         "pending_events": await pending_events(db),
-        "warnings": _warnings(config),
+        "warnings": _warnings(config) + _hook_warnings(webhooks),
+        "projects": await project_freshness(db, now),
+        "webhook_intake": await webhook_intake(db, now),
+        "webhooks": webhooks,
+        "gitlab_requests": (await budget_usage(db, clock, config.gitlab.requests_per_minute)).to_json(),
     }
 
 
@@ -95,6 +103,12 @@ def _next_timer_run(last_success: float | None, state: ServiceState, now: float,
     if state.next_retry_at is not None:
         due = max(due, state.next_retry_at)
     return max(due, now)
+
+
+def _hook_warnings(webhooks: list[dict[str, Any]]) -> list[str]:
+    """A disabled or missing webhook, as the last hook check found it (the timer keeps syncing)."""
+    return [f"webhook of {h.get('project')}: {h.get('message')}" for h in webhooks
+            if h.get("state") in ("disabled", "missing")]
 
 
 def _warnings(config: Config) -> list[str]:

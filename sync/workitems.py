@@ -30,6 +30,9 @@ SOLO_FAILURES_LIMIT = 3  # this many items in a row failing alone is the instanc
 
 _COMPLEXITY = re.compile(r"Query has complexity of \d+, which exceeds max complexity of \d+")
 _UNDEFINED = re.compile(r"doesn't exist on type|No such type|undefinedField|undefinedType|can't be a fragment")
+# GitLab EE 15.x-17.7: WorkItemWidgetStatus exists, but its `status` is the requirement's verification
+# status, a String, so selecting `{ name }` on it fails validation (graphql-ruby's selectionMismatch).
+_SCALAR_STATUS = re.compile(r"Selections can't be made on scalars \(field 'status'")
 
 Progress = Callable[[str, int, int], Awaitable[None]]
 DataChanged = Callable[[int, str, list[int]], None]
@@ -324,6 +327,12 @@ class _StatusStage:
         text = "; ".join(messages) or "GraphQL errors"
         if any(_COMPLEXITY.search(m) for m in messages):
             raise _Rejected(text, complexity=True)
+        if any(_SCALAR_STATUS.search(m) for m in messages):
+            # The query itself is refused, whatever the batch: halving it would only repeat the refusal.
+            raise _Unavailable(
+                "this GitLab's status widget is a requirement's verification status (a String: EE before 17.8),"
+                " not the work-item status"
+            )
         if any(_UNDEFINED.search(m) for m in messages) or _has_undefined_code(errors):
             if self._with_category and all("'category'" in m for m in messages):
                 self._with_category = False  # GitLab before 18.1: statuses without categories

@@ -729,6 +729,7 @@ def test_describe_of_the_defaults(tmp_path: Path) -> None:
         "projects": [],
         "concurrency": 8,
         "timeout": 30.0,
+        "requests_per_minute": 0,
     }
     assert summary["gateway"]["port"] == 8080
     assert summary["gateway"]["db_path"].endswith("lore.db")
@@ -820,3 +821,9 @@ def test_webhook_fsync_is_off_by_default_and_set_from_toml_or_env(tmp_path: Path
     assert load(tmp_path, "[webhook]\nfsync = true\n").webhook.fsync is True
     assert load(tmp_path, LORE_GATEWAY_WEBHOOK_FSYNC="yes").webhook.fsync is True
     assert describe(load(tmp_path, "[webhook]\nfsync = true\n"))["webhook"]["fsync"] is True
+
+
+def test_requests_per_minute_is_a_budget_or_zero_for_none(tmp_path: Path) -> None:
+    assert load_config(None, env={}).gitlab.requests_per_minute == 0
+    assert load(tmp_path, LORE_GATEWAY_GITLAB_REQUESTS_PER_MINUTE="100").gitlab.requests_per_minute == 100
+    assert "out of range" in error(tmp_path, LORE_GATEWAY_GITLAB_REQUESTS_PER_MINUTE="-1")

@@ -20,12 +20,17 @@ from aiohttp import web
 
 from gateway.app import create_app
 from gateway.auth import TOKENS
+from gateway.keys import CONFIG, SCHEDULER
 from gateway.server import running
 from gateway.simulator import GitLabSimulator
 from sync.clock import SystemClock
 from sync.config import Config
 from sync.db import Database
+from sync.gitlab import GitLabClient
+from sync.hooks import HookManager, Manifest, default_hook_url, wanted_hook
+from sync.instance import Instance
 from sync.runs import RunLog
+from tests.conftest import SIM_TOKEN
 
 try:
     from playwright.async_api import BrowserContext, Page, async_playwright, expect
@@ -37,6 +42,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 SCREENSHOT = Path(__file__).parent / "artifacts" / "status-page.png"
+PANELS_SCREENSHOT = Path(__file__).parent / "artifacts" / "status-page-panels.png"
+WEBHOOK_SECRET = "browser-webhook-secret"
 SIMULATED_LATENCY = 0.06  # seconds per GitLab request: the first full run takes a second or two
 WAIT_MS = 30_000  # a guard against a hung browser, never a timing assumption
 
@@ -61,7 +68,8 @@ async def a_fresh_mirror(config: Config) -> None:
 @pytest.fixture
 async def gateway(config_for: Callable[..., Config], simulator: GitLabSimulator) -> AsyncIterator[Gateway]:
     simulator.latency = SIMULATED_LATENCY
-    config = config_for(auth_signing_keys="browser-test-key-0123456789abcdef0123456789abcdef")
+    config = config_for(auth_signing_keys="browser-test-key-0123456789abcdef0123456789abcdef",
+                        webhook_secrets=WEBHOOK_SECRET, gitlab_requests_per_minute="600")
     config.gateway.data_dir.mkdir(parents=True, exist_ok=True)
     await a_fresh_mirror(config)
     app = create_app(config)
@@ -177,3 +185,51 @@ async def test_a_refused_token_asks_again(gateway: Gateway, browser: BrowserCont
 
     await expect(page.locator("#login-message")).to_contain_text("refused", timeout=WAIT_MS)
     assert await page.evaluate("sessionStorage.getItem('lore-gateway.token')") is None
+
+
+async def install_hooks(config: Config, simulator: GitLabSimulator) -> None:
+    """Both projects' webhooks, as `hooks install` makes them; GitLab then disables acme/widgets's."""
+    async with GitLabClient(config.gitlab.url or "", SIM_TOKEN) as client:
+        manager = HookManager(client, Manifest(config.gateway.data_dir, config.gitlab.url or ""))
+        wanted = wanted_hook(config, default_hook_url(config), Instance("18.5.0-ee", None, True), push_events=False)
+        for project in config.gitlab.projects:
+            await manager.install(project, wanted)
+        manager.manifest.save()
+    simulator.hooks.disable(simulator.hooks.of_project(1001)[0].id)
+
+
+async def test_the_page_shows_freshness_intake_durations_hooks_and_degraded_features(
+        gateway: Gateway, browser: BrowserContext, simulator: GitLabSimulator) -> None:
+    await install_hooks(gateway.app[CONFIG], simulator)
+    hook = simulator.update_issue(1001, 2, title="seen by the intake chart")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gateway.url + "/webhooks/gitlab", data=hook.body(),
+                                headers=hook.headers(secret=WEBHOOK_SECRET)) as response:
+            assert response.status == 202
+    page = await browser.new_page()
+    problems = Problems(page)
+    await sign_in(page, gateway)
+
+    await page.click("#sync-now")
+    await expect(page.locator("#sync-progress")).to_have_attribute("data-state", "finished", timeout=WAIT_MS)
+    await gateway.app[SCHEDULER].idle()  # the run is over and the webhooks have been checked
+    await page.click("#refresh")
+
+    widgets = page.locator('#projects tr[data-project="acme/widgets"]')
+    await expect(widgets).to_contain_text("30", timeout=WAIT_MS)
+    await expect(widgets.locator("td").nth(4)).not_to_have_text("–")
+    disabled = page.locator('#hooks tr[data-project="acme/widgets"]')
+    await expect(disabled).to_have_attribute("data-hook-state", "disabled", timeout=WAIT_MS)
+    await expect(disabled).to_contain_text("temporarily_disabled")
+    await expect(page.locator('#hooks tr[data-project="acme/gadgets"]')).to_have_attribute("data-hook-state", "ok")
+    await expect(page.locator("#intake-chart")).to_have_attribute("data-total", "1")
+    assert await page.locator("#intake-chart rect").count() == 12
+    assert await page.locator("#durations-chart rect").count() >= 2
+    await expect(page.locator("#degraded li").first).to_contain_text("work_item_status: unavailable")
+    await expect(page.locator("#warnings")).to_contain_text("webhook of acme/widgets")
+    await expect(page.locator("#gitlab-requests")).to_have_text(re.compile(r"^[1-9]\d*$"))
+    await expect(page.locator("#request-budget-text")).to_contain_text("budget 600/min")
+    await expect(page.locator("#request-budget")).to_be_visible()
+    PANELS_SCREENSHOT.parent.mkdir(exist_ok=True)
+    await page.screenshot(path=str(PANELS_SCREENSHOT), full_page=True)
+    assert problems.seen == []

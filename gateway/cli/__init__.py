@@ -15,13 +15,24 @@ from typing import Any
 
 import orjson
 
-from gateway.cli import backup_cmds, knowledge_cmds, serve_cmds, service_cmds, sync_cmds, token_cmds
+from gateway.cli import (
+    backup_cmds,
+    doctor_cmds,
+    hooks_cmds,
+    init_cmds,
+    knowledge_cmds,
+    serve_cmds,
+    service_cmds,
+    sync_cmds,
+    token_cmds,
+)
 from gateway.cli.base import CommandFailed, Context, Parser, UsageError
-from sync.config import ConfigError, load_config
+from sync.config import Config, ConfigError, load_config
 from sync.errors import SyncError
 from sync.migrations import MigrationError
 
-COMMAND_GROUPS = [serve_cmds, sync_cmds, token_cmds, service_cmds, backup_cmds, knowledge_cmds]
+COMMAND_GROUPS = [serve_cmds, sync_cmds, token_cmds, service_cmds, backup_cmds, knowledge_cmds, init_cmds, hooks_cmds,
+                  doctor_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     wants_json = "--json" in argv
     try:
         args = build_parser().parse_args(argv)
-        ctx = Context(args, load_config(args.config), bool(args.json))
+        # `init` writes the config: it must run before one exists (even where $LORE_GATEWAY_CONFIG names it).
+        config = load_config(args.config) if getattr(args, "needs_config", True) else Config()
+        ctx = Context(args, config, bool(args.json))
         document = asyncio.run(args.handler(ctx))
     except (UsageError, ConfigError) as exc:
         return _fail(

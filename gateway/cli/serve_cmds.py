@@ -20,6 +20,7 @@ from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open
 from gateway.cli.sync_cmds import render_status
 from gateway.demo import DEMO_PROJECTS, Churn, build_simulator
 from gateway.server import ListenError, configure_logging, running, wait_for_stop_signal
+from gateway.simulator_profiles import DEFAULT_PROFILE, PROFILES
 from gateway.workers import SupervisorError, serve_workers
 from sync.clock import SystemClock
 from sync.config import Config, config_warnings, ensure_data_dir, load_config
@@ -39,6 +40,8 @@ def register(commands: Any) -> None:
     p.add_argument("--port", type=int, default=8080, help="gateway port (default 8080; 0 picks a free one)")
     p.add_argument("--data-dir", type=Path, help="where the demo's database goes (default: a new temp dir)")
     p.add_argument("--every", type=float, default=5.0, help="seconds between simulated GitLab changes")
+    p.add_argument("--gitlab-version", choices=sorted(PROFILES), default=DEFAULT_PROFILE,
+                   help=f"which GitLab the simulator behaves like (default {DEFAULT_PROFILE}; see docs/gitlab.md)")
     json_flag(p)
     p.set_defaults(handler=cmd_demo)
 
@@ -85,7 +88,7 @@ async def cmd_demo(ctx: Context) -> None:
     args = ctx.args
     configure_logging("info")
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="lore-gateway-demo-"))
-    sim = build_simulator()
+    sim = build_simulator(gitlab_version=args.gitlab_version)
     sim_runner = web.AppRunner(sim.app(), access_log=None)
     await sim_runner.setup()
     try:

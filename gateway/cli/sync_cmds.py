@@ -113,6 +113,8 @@ def render_status(status: dict[str, Any]) -> str:
     lines.append(f"last success: {status['last_success_at'] or 'never'}")
     lines.append(f"next run: {status['next_run_at'] or 'not scheduled'}")
     lines.append(f"pending webhook events: {status['pending_events']}")
+    lines.append(_gitlab_requests_line(status["gitlab_requests"]))
+    lines += _webhook_lines(status.get("webhooks") or [])
     if status["recent_runs"]:
         lines.append("recent runs:")
         for run in status["recent_runs"]:
@@ -123,6 +125,25 @@ def render_status(status: dict[str, Any]) -> str:
                 f"{run['started_at']} {counts}{error}"
             )
     return "\n".join(lines)
+
+
+def _webhook_lines(webhooks: list[dict[str, Any]]) -> list[str]:
+    """Each project's webhook as the scheduler's last check found it."""
+    if not webhooks:
+        return []
+    lines = ["webhooks (checked after each timer or manual run):"]
+    for hook in webhooks:
+        state = hook["state"].upper() if hook["state"] != "ok" else "ok"
+        until = f" until {hook['disabled_until']}" if hook.get("disabled_until") else ""
+        lines.append(f"  {hook['project']}: {state}{until} (checked {hook['checked_at']})")
+    return lines
+
+
+def _gitlab_requests_line(usage: dict[str, Any]) -> str:
+    line = f"GitLab requests in the last hour: {usage['last_hour']}"
+    if usage["requests_per_minute"] is None:
+        return line + " (no budget: gitlab.requests_per_minute is 0)"
+    return line + f"; budget {usage['requests_per_minute']}/minute, {usage['remaining_this_minute']} left this minute"
 
 
 @asynccontextmanager
