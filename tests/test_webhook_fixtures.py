@@ -22,7 +22,7 @@ from tests.test_webhooks import NOW, MakeClient, gateway  # noqa: F401  (the fix
 ROOT = Path(__file__).parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "gitlab"
 DOCS_TABLE = ROOT / "docs" / "webhooks.md"
-FILES = sorted(str(p.relative_to(FIXTURES)) for p in FIXTURES.glob("*/*.json"))
+FILES = sorted(str(p.relative_to(FIXTURES)) for p in FIXTURES.glob("*hooks/*.json"))
 OUTCOMES = {"issue": "issue", "merge_request": "merge request", "project": "project pass"}
 
 
