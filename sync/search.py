@@ -25,8 +25,6 @@ _TOKEN = re.compile(r'"(?:[^"]|"")*"|"[^"]*$|[(),]|[^\s"(),]+')
 # What FTS5 takes bare: a word (optionally a `title:`/`body:` column filter, `^` anchor, `*` prefix).
 _BAREWORD = re.compile(r"(?:(?:title|body):)?\^?\w+\*?")
 _OPERATORS = frozenset({"AND", "OR", "NOT", "NEAR", "+"})
-# The messages SQLite gives for a malformed MATCH expression (any other OperationalError is ours).
-_SYNTAX_ERRORS = ("fts5:", "unterminated string", "unknown special query", "no such column")
 
 
 class SearchQueryError(ValueError):
@@ -141,7 +139,7 @@ async def _ranked(
         filters += f" AND d.id NOT IN ({','.join('?' * len(exclude))})"
         params += exclude
     sql = f"{_SELECT}{filters} ORDER BY documents_fts.rank LIMIT ? OFFSET ?"
-    return await _run(db, sql, (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, *params, limit, offset))
+    return await _run(db, sql, (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, *params, limit, offset), match)
 
 
 async def _exact_title_hits(
@@ -155,12 +153,13 @@ async def _exact_title_hits(
         db,
         f"SELECT d.id FROM documents d WHERE d.title = ? COLLATE NOCASE AND d.kind != 'note'{filters} ORDER BY d.id",
         (plain, *params),
+        match,
     )
     hits = []
     for (doc_id,) in ids:
         # One row each, by rowid: FTS5 seeks the doclists to it instead of walking every match.
         rows = await _run(
-            db, f"{_SELECT} AND documents_fts.rowid = ?", (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, doc_id)
+            db, f"{_SELECT} AND documents_fts.rowid = ?", (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, doc_id), match
         )
         hits += rows
     return hits
@@ -182,17 +181,32 @@ def _hit(row: sqlite3.Row) -> SearchHit:
     )
 
 
-async def _run(db: Database, sql: str, params: tuple) -> list[sqlite3.Row]:
+async def _run(db: Database, sql: str, params: tuple, match: str) -> list[sqlite3.Row]:
     try:
         return await db.fetchall(sql, params)
     except sqlite3.OperationalError as exc:
-        message = str(exc)
-        if message.startswith(_SYNTAX_ERRORS):
+        problem = match_error(match)
+        if problem is not None:
             raise SearchQueryError(
-                f"not a valid search query ({message}): quote a phrase with \"...\", and put AND, OR,"
-                " NOT between two terms"
+                f"not a valid search query ({problem}): quote a phrase with \"...\", put AND, OR, NOT"
+                " between two terms, and write NEAR(a b, 10) with a whole number"
             ) from exc
         raise
+
+
+def match_error(match: str) -> str | None:
+    """What FTS5 says about `match` on its own (None if it runs): run against an empty table with the
+    same columns, so any error of the MATCH expression, whatever FTS5's wording (`fts5: syntax error`,
+    `expected integer, got "b"` for NEAR(a, b), `no such column`), is told apart from a fault of ours."""
+    probe = sqlite3.connect(":memory:")
+    try:
+        probe.execute("CREATE VIRTUAL TABLE q USING fts5(title, body, tokenize='unicode61 remove_diacritics 2')")
+        probe.execute("SELECT rowid FROM q WHERE q MATCH ?", (match,)).fetchall()
+    except sqlite3.OperationalError as exc:
+        return str(exc)
+    finally:
+        probe.close()
+    return None
 
 
 def _plain(text: str) -> str:

@@ -9,7 +9,7 @@ from sync.db import Database
 from sync.events import EventBus
 from sync.pipeline import SyncRequest
 from sync.runner import SyncRunner
-from sync.search import SearchQueryError, fts_query, search
+from sync.search import SearchQueryError, fts_query, match_error, search
 
 
 async def add_documents(db: Database, *docs: tuple[str, int, int, int, str, str]) -> None:
@@ -44,7 +44,9 @@ def test_words_fts5_cannot_take_bare_are_quoted_and_its_syntax_is_kept(text, que
     assert fts_query(text) == query
 
 
-@pytest.mark.parametrize("text", ['"unbalanced quote', "AND", "token AND", "NOT token", "(token", "token )"])
+@pytest.mark.parametrize("text", ['"unbalanced quote', "AND", "token AND", "NOT token", "(token", "token )",
+                                  "NEAR(a, b)", "NEAR(a b, -1)", "NEAR(a b, 1x)", "NEAR()",
+                                  "token OR OR refresh", "NEAR(token,"])
 async def test_a_malformed_query_raises_a_search_query_error_that_says_what_to_do(db, text):
     await add_documents(db, ("issue", 1, 1, 0, "Fix token refresh", "body"))
     with pytest.raises(SearchQueryError, match="not a valid search query"):
@@ -140,3 +142,9 @@ async def test_a_changed_title_is_found_by_its_new_words_after_the_next_sync_and
     assert (await search(db, "quokka")).items == []
     found = (await search(db, "wombat burrow")).items
     assert [(h.type, h.iid, h.title) for h in found] == [("issue", 31, "Wombat burrow collapses")]
+
+
+def test_a_fault_that_is_not_the_querys_is_not_blamed_on_it():
+    """match_error runs the expression alone: a valid one is fine there, so a failure elsewhere stays ours."""
+    assert match_error(fts_query("NEAR(token refresh, 5) OR title:token*")) is None
+    assert "expected integer" in match_error(fts_query("NEAR(a, b)"))
