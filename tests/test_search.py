@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sync import search as search_module
 from sync.clock import SystemClock
 from sync.db import Database
 from sync.events import EventBus
@@ -123,6 +124,30 @@ async def test_pages_follow_one_another_without_overlap(db):
     seen = [h.iid for page in (first, second, third) for h in page.items]
     assert len(seen) == len(set(seen)) == 25
     assert (first.next_offset, second.next_offset, third.next_offset) == (10, 20, None)
+
+
+async def test_a_filter_keeps_the_unfiltered_ranking_of_what_it_keeps(db):
+    await add_documents(db, *[("issue", 1 + i % 2, i, 0, f"Cache {'cache ' * (i % 4)}item {i}", "cache " * i)
+                              for i in range(1, 13)])
+    everything = [(h.project_id, h.iid) for h in (await search(db, "cache", limit=100)).items]
+    only_two = [(h.project_id, h.iid) for h in (await search(db, "cache", project_id=2, limit=100)).items]
+    assert only_two == [key for key in everything if key[0] == 2] and len(only_two) == 6
+
+
+async def test_the_filter_tokens_are_not_searchable_words(db):
+    await add_documents(db, ("issue", 1001, 1, 0, "Anything", "at all"))
+    assert (await search(db, "kindissue")).items == (await search(db, "project1001")).items == []
+    assert (await search(db, "tags : kindissue")).items == []
+
+
+async def test_a_query_matching_more_than_the_window_is_ranked_among_its_newest_matches(db, monkeypatch):
+    monkeypatch.setattr(search_module, "RANK_WINDOW", 3)
+    await add_documents(db, ("issue", 1, 1, 0, "Flaky flaky flaky", "flaky flaky"),  # the best match, but oldest
+                        *[("issue", 1, i, 0, f"Item {i}", "a flaky test") for i in range(2, 6)])
+    page = await search(db, "flaky", limit=10)
+    assert sorted(h.iid for h in page.items) == [3, 4, 5] and page.next_offset is None
+    monkeypatch.setattr(search_module, "RANK_WINDOW", 5)
+    assert (await search(db, "flaky", limit=10)).items[0].iid == 1
 
 
 # -- freshness through a real sync ------------------------------------------------------------------
