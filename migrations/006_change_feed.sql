@@ -26,7 +26,6 @@ CREATE TABLE changes (
     action      TEXT NOT NULL CHECK (action IN ('created', 'updated', 'deleted')),
     at          TEXT NOT NULL                         -- when it was committed: RFC 3339, UTC, ms, Z
 );
-CREATE INDEX changes_by_at ON changes (at);
 
 CREATE TABLE changes_pruned (
     id          INTEGER PRIMARY KEY CHECK (id = 1),

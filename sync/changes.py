@@ -133,13 +133,17 @@ def _change(row: sqlite3.Row) -> Change:
 async def prune(conn: aiosqlite.Connection, before: float) -> int:
     """Inside a write transaction: drop the changes committed before `before` (Unix seconds), and
     remember the highest seq dropped so older cursors are expired. Returns how many were dropped."""
+    # A prefix in seq order, up to the first change that is recent enough: the watermark means "all up
+    # to here" even if the wall clock once stepped back. The walk from the oldest row costs what it
+    # prunes (no index on `at` to keep up on every write).
     rows = await conn.execute_fetchall(
-        "SELECT max(seq) FROM changes WHERE at < ?", (utc_iso(before),)
+        "SELECT max(seq) FROM changes WHERE seq < coalesce("
+        " (SELECT seq FROM changes WHERE at >= ? ORDER BY seq LIMIT 1), (SELECT max(seq) + 1 FROM changes))",
+        (utc_iso(before),),
     )
     through = rows[0][0]
     if through is None:
         return 0
-    # A prefix in seq order, even if the wall clock stepped back: the watermark means "all up to here".
     cur = await conn.execute("DELETE FROM changes WHERE seq <= ?", (through,))
     await conn.execute("UPDATE changes_pruned SET through_seq = max(through_seq, ?) WHERE id = 1", (through,))
     return cur.rowcount

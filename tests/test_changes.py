@@ -206,3 +206,13 @@ async def test_data_changed_events_carry_the_seq_the_feed_has_reached(simulator,
     assert seen and all(isinstance(d["seq"], int) for d in seen)
     assert [d["seq"] for d in seen] == sorted(d["seq"] for d in seen)
     assert seen[-1]["seq"] == (await read_changes(db, None, changes.MAX_LIMIT)).items[-1].seq
+
+
+async def test_pruning_stops_at_the_first_recent_change_even_after_a_clock_step_back(db):
+    await add_project(db)
+    await write(db, issue(1), issue(2), issue(3))
+    async with db.transaction() as conn:  # the clock stepped back before issue 3 was written
+        await conn.execute("UPDATE changes SET at = '2000-01-01T00:00:00.000Z' WHERE iid IN (1, 3)")
+        assert await changes.prune(conn, time.time() - 3600) == 1
+    assert [c.iid for c in (await read_changes(db, None, 10)).items] == [2, 3]
+    assert await db.fetchval("SELECT through_seq FROM changes_pruned") == 1
