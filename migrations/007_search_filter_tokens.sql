@@ -1,14 +1,18 @@
--- The search index again, now with a third column of filter tokens (`kindissue project1001`), so a
+-- The search index again, now with a third column of filter tokens (`kindissue project1001 ...`), so a
 -- search narrowed by type or project is narrowed inside FTS5 (`... AND tags : project1001`) instead of
 -- ranking every match and then dropping the other projects' rows: with 50,000 documents, a common
 -- word in one project ranked ~5,000 rows to keep ~350 (bench/search_bench.py, "filtered").
 --
 -- `tags` is a virtual generated column of `documents`, so the external-content table has every column
 -- FTS5 reads. Search gives it weight 0 in bm25, so the tokens never change a score's phrases; they add
--- two tokens to every document's length, the same for all. Same tokenizer, prefixes and note-title rule
+-- three tokens to every document's length, the same for all. Same tokenizer, prefixes and note-title rule
 -- as 002; the triggers of 001 are replaced by ones that also index `tags`.
+--
+-- Both filters at once are one token (`kindissueproject1001`): one short doclist to intersect, and one
+-- phrase whose document count bm25 must take, instead of two long ones.
 ALTER TABLE documents ADD COLUMN tags TEXT GENERATED ALWAYS AS
-    ('kind' || replace(kind, '_', '') || ' project' || project_id) VIRTUAL;
+    ('kind' || replace(kind, '_', '') || ' project' || project_id
+     || ' kind' || replace(kind, '_', '') || 'project' || project_id) VIRTUAL;
 
 DROP TRIGGER documents_ai;
 DROP TRIGGER documents_ad;

@@ -123,12 +123,11 @@ _SELECT = (
 
 def scoped_query(match: str, kind: str | None, project_id: int | None) -> str:
     """The user's expression over titles and bodies only, AND the filter tokens (migrations/007)."""
+    token = ("" if kind is None else "kind" + kind.replace("_", "")) + (
+        "" if project_id is None else f"project{int(project_id)}"
+    )
     scoped = "{title body} : (" + match + ")"
-    if kind is not None:
-        scoped += " AND tags : kind" + kind.replace("_", "")
-    if project_id is not None:
-        scoped += f" AND tags : project{int(project_id)}"
-    return scoped
+    return f"{scoped} AND tags : {token}" if token else scoped
 
 
 def _filters(kind: str | None, project_id: int | None) -> tuple[str, list[Any]]:
