@@ -147,6 +147,11 @@ class EmbeddingsConfig:
 
 
 @dataclass(frozen=True)
+class ChangesConfig:
+    retention: float = 30 * _DAY  # change-feed rows (tombstones included); older cursors are expired
+
+
+@dataclass(frozen=True)
 class Config:
     gitlab: GitLabConfig = field(default_factory=GitLabConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -157,6 +162,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    changes: ChangesConfig = field(default_factory=ChangesConfig)
     source: Path | None = None
 
     @property
@@ -196,6 +202,7 @@ _KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "embeddings": frozenset({"url", "model", "batch_size"}),
+    "changes": frozenset({"retention"}),
 }
 
 ENV_PREFIX = "LORE_GATEWAY_"
@@ -652,6 +659,10 @@ def _embeddings(section: _Section) -> EmbeddingsConfig:
     )
 
 
+def _changes(section: _Section) -> ChangesConfig:
+    return ChangesConfig(retention=section.duration("retention", ChangesConfig().retention))
+
+
 # --- loading -----------------------------------------------------------------------------------
 
 
@@ -730,6 +741,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         redis=_redis(sections["redis"]),
         experts=_experts(sections["experts"]),
         embeddings=_embeddings(sections["embeddings"]),
+        changes=_changes(sections["changes"]),
         source=source,
     )
 
@@ -805,4 +817,5 @@ def describe(config: Config) -> dict[str, Any]:
         "redis": {"url": redact_url(config.redis.url)},
         "experts": dataclasses.asdict(config.experts),
         "embeddings": dataclasses.asdict(config.embeddings),
+        "changes": dataclasses.asdict(config.changes),
     }

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from sync.budget import RequestBudget
+from sync.changes import latest_seq_now
 from sync.clock import Clock
 from sync.config import Config
 from sync.db import Database
@@ -124,7 +125,10 @@ class SyncRunner:
 
         def data_changed(project_id: int, kind: str, iids: list[int], deleted: Sequence[int] = ()) -> None:
             self._bus.publish(
-                "data.changed", {"project_id": project_id, "kind": kind, "iids": iids, "deleted": list(deleted)}
+                "data.changed",
+                # seq: where the change feed stands after this commit (GET /api/v1/changes?since=seq).
+                {"project_id": project_id, "kind": kind, "iids": iids, "deleted": list(deleted),
+                 "seq": latest_seq_now(self._db)},
             )
 
         return Pipeline(

@@ -827,3 +827,10 @@ def test_requests_per_minute_is_a_budget_or_zero_for_none(tmp_path: Path) -> Non
     assert load_config(None, env={}).gitlab.requests_per_minute == 0
     assert load(tmp_path, LORE_GATEWAY_GITLAB_REQUESTS_PER_MINUTE="100").gitlab.requests_per_minute == 100
     assert "out of range" in error(tmp_path, LORE_GATEWAY_GITLAB_REQUESTS_PER_MINUTE="-1")
+
+
+def test_changes_retention_defaults_to_30_days_and_takes_a_duration(tmp_path: Path) -> None:
+    assert load_config(None, env={}).changes.retention == 30 * 86400.0
+    assert load_config(None, env={"LORE_GATEWAY_CHANGES_RETENTION": "12h"}).changes.retention == 12 * 3600.0
+    with pytest.raises(ConfigError, match=r"changes\.retention"):
+        load_config(None, env={"LORE_GATEWAY_CHANGES_RETENTION": "soon"})

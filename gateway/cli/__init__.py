@@ -27,6 +27,7 @@ from gateway.cli import (
     token_cmds,
 )
 from gateway.cli.base import CommandFailed, Context, Parser, UsageError
+from gateway.cli.changes_cmds import register as register_changes
 from sync.config import Config, ConfigError, load_config
 from sync.errors import SyncError
 from sync.migrations import MigrationError
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     for group in COMMAND_GROUPS:
         group.register(commands)
+    register_changes(commands)
     return parser
 
 
