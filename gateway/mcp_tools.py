@@ -434,6 +434,7 @@ def _thread(page: _Page, thread_id: str, notes: list[JSON], first_index: int,
     """Add a thread's notes; (note index, body offset) to resume at when the page fills, else None."""
     entry: JSON = {"id": thread_id, "notes": []}
     if not page.take(entry):
+        _say_cut(page)
         return first_index, body_offset
     page.threads.append(entry)
     for number, note in enumerate(notes, start=first_index):
