@@ -115,9 +115,12 @@ async def replace_discussions(
                     orjson.dumps(note),
                 )
             )
+    # Only the notes GitLab no longer has are deleted (the rest are rewritten in place), so the change
+    # feed (migrations/006_change_feed.sql) sees a tombstone for a deleted note, not for every note.
     await conn.execute(
-        "DELETE FROM notes WHERE project_id = ? AND noteable_kind = ? AND noteable_iid = ?",
-        (project_id, kind, iid),
+        "DELETE FROM notes WHERE project_id = ? AND noteable_kind = ? AND noteable_iid = ?"
+        " AND id NOT IN (SELECT value FROM json_each(?))",
+        (project_id, kind, iid, orjson.dumps([row[0] for row in rows]).decode()),
     )
     await conn.executemany(
         "INSERT OR REPLACE INTO notes (id, project_id, noteable_kind, noteable_iid, discussion_id, individual_note,"

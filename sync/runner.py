@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import AbstractAsyncContextManager, nullcontext
 
+from sync.changes import latest_seq_now
 from sync.clock import Clock
 from sync.config import Config
 from sync.db import Database
@@ -120,7 +121,11 @@ class SyncRunner:
             await self.runs.set_stage(run_id, stage)
 
         def data_changed(project_id: int, kind: str, iids: list[int]) -> None:
-            self._bus.publish("data.changed", {"project_id": project_id, "kind": kind, "iids": iids})
+            self._bus.publish(
+                "data.changed",
+                # seq: where the change feed stands after this commit (GET /api/v1/changes?since=seq).
+                {"project_id": project_id, "kind": kind, "iids": iids, "seq": latest_seq_now(self._db)},
+            )
 
         return Pipeline(
             self._db,

@@ -130,7 +130,7 @@ async def test_004_moves_issues_and_mrs_to_rowid_tables_keeping_every_row(tmp_pa
     before = {table: rows(table) for table in ("issues", "merge_requests")}
     assert before["issues"][(project.id, 7)]["work_item_status"] == '{"name":"Doing"}'
 
-    assert [m.name for m in shipped_migrations() if m.version == 4] == apply_migrations(conn)
+    assert [m.name for m in shipped_migrations() if m.version >= 4] == apply_migrations(conn)
 
     for table in ("issues", "merge_requests"):
         assert rows(table) == before[table] and len(before[table]) in (30, 12)
