@@ -28,7 +28,7 @@ from gateway.auth import requires
 from gateway.http import ApiError
 from gateway.keys import CLOCK, CONFIG, DB
 from gateway.mcp_asgi import read_body, serve_asgi
-from gateway.mcp_tools import TOOLS, Mirror, ToolArgumentError, ToolNotFound
+from gateway.mcp_tools import TOOLS, Mirror, ToolArgumentError, ToolFailure
 from gateway.ratelimit import LIMITER
 from gateway.sync_api import status_document
 
@@ -66,8 +66,8 @@ def build_server(app: web.Application) -> Server[Any]:
         except ToolArgumentError as err:
             raise MCPError(types.INVALID_PARAMS, f"{params.name}: {err}",
                            {"error": "invalid_argument", "parameter": err.parameter}) from None
-        except ToolNotFound as err:
-            raise MCPError(types.INVALID_PARAMS, f"{params.name}: {err}", {"error": "not_found"}) from None
+        except ToolFailure as err:
+            raise MCPError(types.INVALID_PARAMS, f"{params.name}: {err}", {"error": err.code}) from None
         text = orjson.dumps(result).decode()
         return types.CallToolResult(content=[types.TextContent(text=text)])
 

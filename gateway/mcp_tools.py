@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from sync import queries
+from sync import changes, queries
 from sync.clock import Clock
 from sync.config import Config
 from sync.db import Database
@@ -44,8 +44,16 @@ class ToolArgumentError(ValueError):
         self.parameter = parameter
 
 
-class ToolNotFound(LookupError):
-    """The arguments are well formed but name nothing in the mirror (a project, an issue, an MR)."""
+class ToolFailure(Exception):
+    """Well-formed arguments the mirror cannot answer: `code` is REST's (not_found, cursor_expired)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _not_found(message: str) -> ToolFailure:
+    return ToolFailure("not_found", message)
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,7 @@ async def _project(mirror: Mirror, args: Mapping[str, Any]) -> int:
         raise ToolArgumentError("project", "must be a project id (a positive integer) or a path such as group/project")
     project_id = await resolve_project(mirror.db, ref)
     if project_id is None:
-        raise ToolNotFound(f"project {value!r} is not in the mirror (list_projects shows the mirrored ones)")
+        raise _not_found(f"project {value!r} is not in the mirror (list_projects shows the mirrored ones)")
     return project_id
 
 
@@ -297,6 +305,27 @@ async def experts_tool(mirror: Mirror, args: Mapping[str, Any]) -> JSON:
     return result
 
 
+async def changes_tool(mirror: Mirror, args: Mapping[str, Any]) -> JSON:
+    since = args.get("since")
+    if since is not None and not isinstance(since, str):
+        raise ToolArgumentError("since", "must be the next_cursor string of an earlier result")
+    limit = _integer(args, "limit", changes.DEFAULT_LIMIT, 1, changes.MAX_LIMIT)
+    try:
+        page = await changes.read_changes(mirror.db, since, limit)
+    except changes.InvalidChangeCursor as err:
+        raise ToolArgumentError("since", str(err)) from None
+    except changes.CursorExpired as err:
+        raise ToolFailure(err.code, err.message) from None
+    items = [change.to_json() for change in page.items]
+    shown = _fit_items(items, mirror.budget - RESERVE)
+    result: JSON = {"items": items[:shown], "next_cursor": page.next_cursor,
+                    "caught_up": len(items) < limit and shown == len(items)}
+    if shown < len(items):
+        result["next_cursor"] = str(items[shown - 1]["seq"])
+        result["truncated"] = _cut_note("changes", shown, len(items), "call again with since=next_cursor")
+    return result
+
+
 async def sync_status_tool(mirror: Mirror, args: Mapping[str, Any]) -> JSON:
     status = await mirror.status()
     runs = status.get("recent_runs") or []
@@ -352,7 +381,7 @@ async def _get_item(mirror: Mirror, kind: Kind, args: Mapping[str, Any]) -> JSON
     key = _cursor(mirror, args, fingerprint)
     raw = await queries.get_item(mirror.db, kind, project_id, iid)
     if raw is None:
-        raise ToolNotFound(f"no {kind.replace('_', ' ')} {iid} in project {project_id}")
+        raise _not_found(f"no {kind.replace('_', ' ')} {iid} in project {project_id}")
     item = orjson.loads(raw)
     description = item.get("description") or ""
     page = _Page(mirror.budget)
@@ -547,6 +576,13 @@ TOOLS: tuple[ToolSpec, ...] = (
              _schema({"path": {"type": "string", "description": "A file, or a directory such as src/auth/."},
                       "project": _PROJECT, "limit": _LIMIT}, ("path", "project")),
              experts_tool),
+    ToolSpec("changes",
+             "What changed in the mirror since a cursor: every issue, MR and note created, updated or deleted, "
+             "oldest first, each with its seq. Start without since, keep next_cursor, pass it as since later.",
+             _schema({"since": {"type": "string", "description": "next_cursor of the last call."},
+                      "limit": {"type": "integer", "minimum": 1, "maximum": changes.MAX_LIMIT,
+                                "default": changes.DEFAULT_LIMIT}}),
+             changes_tool),
     ToolSpec("sync_status",
              "How fresh the mirror is: scheduler state, last sync, last success, backoff, pending webhooks.",
              _schema({}), sync_status_tool),

@@ -75,6 +75,7 @@ EVERY_TOOL_CALL = {
     "get_issue": {"project": WIDGETS, "iid": 1},
     "get_merge_request": {"project": "acme/widgets", "iid": 1},
     "experts": {"project": WIDGETS, "path": "src/"},
+    "changes": {"limit": 10},
     "sync_status": {},
 }
 
@@ -96,6 +97,7 @@ async def test_the_official_client_lists_the_tools_and_calls_every_one(gateway, 
     assert answers["get_issue"]["item"]["iid"] == 1
     assert answers["get_merge_request"]["item"]["source_branch"]
     assert answers["experts"]["items"], "the simulator's MRs touch src/"
+    assert [c["seq"] for c in answers["changes"]["items"]] == list(range(1, 11))
     assert answers["sync_status"]["last_success_at"] is not None
 
 
@@ -179,6 +181,8 @@ async def test_mcp_requests_are_counted_in_metrics(gateway):
     ("search", {"query": 'unbalanced "quote AND ('}, "query"),
     ("search", {"query": "x", "type": "wiki"}, "type"),
     ("experts", {"project": WIDGETS}, "path"),
+    ("changes", {"since": "-1"}, "since"),
+    ("changes", {"limit": 1001}, "limit"),
 ])
 async def test_bad_arguments_are_json_rpc_errors_naming_the_argument(gateway, tool, args, parameter):
     async with gateway.client(await gateway.token("read")) as client:
@@ -196,6 +200,9 @@ async def test_an_item_or_project_not_in_the_mirror_is_a_not_found_error(gateway
             with pytest.raises(MCPError) as raised:
                 await client.call_tool(tool, args)
             assert raised.value.data == {"error": "not_found"}
+        with pytest.raises(MCPError) as raised:
+            await client.call_tool("changes", {"since": "99999999"})
+        assert raised.value.data == {"error": "cursor_expired"} and "list again" in raised.value.message
         with pytest.raises(MCPError, match="unknown tool"):
             await client.call_tool("delete_everything", {})
 
@@ -313,3 +320,20 @@ async def test_the_configured_budget_is_the_one_kept(big, config_for, aiohttp_se
 def test_a_budget_outside_1000_to_25000_tokens_is_a_config_error(tmp_path, value):
     with pytest.raises(ConfigError, match=r"mcp\.max_result_tokens"):
         make_config(tmp_path, mcp_max_result_tokens=value)
+
+
+async def test_the_change_feed_is_read_whole_and_in_order_within_budget(big, db):
+    seqs: list[int] = []
+    cut = 0
+    since = None
+    async with big.client(await big.token("read")) as client:
+        while True:
+            page = _within_budget(await client.call_tool("changes", {"limit": 1000, **({"since": since} if since
+                                                                                      else {})}))
+            seqs += [c["seq"] for c in page["items"]]
+            cut += "truncated" in page
+            since = page["next_cursor"]
+            if page["caught_up"]:
+                break
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > MANY_NOTES
+    assert cut, "1,000 changes do not fit in 8,000 tokens: pages were cut, and said so"
