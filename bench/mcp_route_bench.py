@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing as mp
-import os
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._gatewayproc import GatewayProcess, gateway_process
 
 MODERN = "2026-07-28"
 LEGACY = "2025-11-25"
@@ -96,27 +96,9 @@ def _route_b(app: Any) -> Any:
     return limited
 
 
-def _serve(data_dir: str, ready: Any, stop: Any) -> None:
-    from aiohttp import web
-
-    from gateway.app import create_app
-    from gateway.auth import TOKENS
-    from tests.conftest import make_config
-
-    async def main() -> None:
-        config = make_config(Path(data_dir), ratelimit_api="1000000000/minute")
-        app = create_app(config, scheduler=False)
-        app.router.add_post("/mcp-b", _route_b(app))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        token = (await app[TOKENS].create("bench", ["read"], None)).token
-        ready.put((runner.addresses[0][1], token, os.getpid()))
-        await asyncio.to_thread(stop.wait)
-        await runner.cleanup()
-
-    asyncio.run(main())
+def add_route_b(app: Any) -> None:
+    """Mount route B at /mcp-b (called in the gateway process by bench/_gatewayproc.py)."""
+    app.router.add_post("/mcp-b", _route_b(app))
 
 
 async def _make_mirror(data_dir: Path, issues: int) -> None:
@@ -149,11 +131,6 @@ async def _make_mirror(data_dir: Path, issues: int) -> None:
 # -- the client -------------------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _request(method: str, params: dict[str, Any], version: str) -> tuple[dict[str, str], dict[str, Any]]:
     headers = {"Accept": "application/json, text/event-stream", "MCP-Protocol-Version": version}
     if version == MODERN:
@@ -165,25 +142,25 @@ def _request(method: str, params: dict[str, Any], version: str) -> tuple[dict[st
     return headers, {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
 
 
-async def _measure(base: str, token: str, pid: int, path: str, version: str, calls: int) -> dict[str, Any]:
+async def _measure(gateway: GatewayProcess, path: str, version: str, calls: int) -> dict[str, Any]:
     import aiohttp
 
     figures: dict[str, Any] = {}
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as http:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {gateway.token}"}) as http:
         for name, method, params in (
             ("tools_list", "tools/list", {}),
             ("tools_call", "tools/call", {"name": "get_issue", "arguments": {"project": "bench/app", "iid": 1}}),
         ):
             headers, body = _request(method, params, version)
             samples = []
-            cpu = _cpu_seconds(pid)
+            cpu = gateway.cpu_seconds()
             for _ in range(calls):
                 started = time.perf_counter()
-                async with http.post(base + path, json=body, headers=headers) as response:
+                async with http.post(gateway.url + path, json=body, headers=headers) as response:
                     answer = await response.json(content_type=None)
                 samples.append(time.perf_counter() - started)
                 assert response.status == 200 and "result" in answer, answer
-            cpu = _cpu_seconds(pid) - cpu
+            cpu = gateway.cpu_seconds() - cpu
             samples.sort()
             figures[name] = {"p50_ms": statistics.median(samples) * 1000,
                              "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000,
@@ -193,12 +170,15 @@ async def _measure(base: str, token: str, pid: int, path: str, version: str, cal
 
 def _import_cost() -> dict[str, Any]:
     """Resident memory of importing the SDK's server pieces, and the packages it brings that we lack."""
-    probe = ("import resource, sys, gateway.mcp_tools, aiohttp; before = resource.getrusage(resource.RUSAGE_SELF)"
-             ".ru_maxrss; {} ; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)")
-    sdk = "import mcp.server.lowlevel, mcp.server.streamable_http_manager"
+    probe = ("import re, gateway.mcp_tools, aiohttp\n"
+             "def rss():\n"
+             "    return int(re.search(r'VmRSS:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+             "before = rss()\n"
+             "import mcp.server.lowlevel, mcp.server.streamable_http_manager\n"
+             "print(rss() - before)\n")
     root = str(Path(__file__).resolve().parent.parent)
-    kib = int(subprocess.run([sys.executable, "-c", probe.format(sdk)], capture_output=True, text=True,
-                             check=True, cwd=root).stdout)
+    kib = statistics.median(int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                               check=True, cwd=root).stdout) for _ in range(3))
     ours = _packages(*_OUR_DEPENDENCIES)
     return {"sdk_import_rss_mib": kib / 1024, "packages_added": sorted(_packages("mcp") - ours)}
 
@@ -236,23 +216,14 @@ async def bench(calls: int, issues: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
         await _make_mirror(data_dir, issues)
-        ctx = mp.get_context("spawn")
-        ready, stop = ctx.Queue(), ctx.Event()
-        proc = ctx.Process(target=_serve, args=(str(data_dir), ready, stop), daemon=True)
-        proc.start()
-        try:
-            port, token, pid = await asyncio.to_thread(ready.get, True, 60)
-            base = f"http://127.0.0.1:{port}"
-            await _measure(base, token, pid, "/mcp", LEGACY, max(5, calls // 10))  # warm both up
-            await _measure(base, token, pid, "/mcp-b", LEGACY, max(5, calls // 10))
+        with gateway_process(data_dir, "bench.mcp_route_bench:add_route_b") as gateway:
+            await _measure(gateway, "/mcp", LEGACY, max(5, calls // 10))  # warm both up
+            await _measure(gateway, "/mcp-b", LEGACY, max(5, calls // 10))
             routes = {
-                "A_sdk_2025_11_25": await _measure(base, token, pid, "/mcp", LEGACY, calls),
-                "A_sdk_2026_07_28": await _measure(base, token, pid, "/mcp", MODERN, calls),
-                "B_aiohttp_2025_11_25": await _measure(base, token, pid, "/mcp-b", LEGACY, calls),
+                "A_sdk_2025_11_25": await _measure(gateway, "/mcp", LEGACY, calls),
+                "A_sdk_2026_07_28": await _measure(gateway, "/mcp", MODERN, calls),
+                "B_aiohttp_2025_11_25": await _measure(gateway, "/mcp-b", LEGACY, calls),
             }
-        finally:
-            stop.set()
-            proc.join(timeout=10)
     b = routes["B_aiohttp_2025_11_25"]
     ratios = {f"{route}_over_B_{call}_{figure}": routes[route][call][figure] / b[call][figure]
               for route in ("A_sdk_2025_11_25", "A_sdk_2026_07_28") for call in ("tools_list", "tools_call")

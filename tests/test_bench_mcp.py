@@ -33,3 +33,17 @@ def test_the_route_bench_measures_the_sdk_and_the_hand_written_endpoint_side_by_
     assert len(report["ratios"]) == 8 and all(r > 0 for r in report["ratios"].values())
     assert {"mcp", "pydantic", "starlette"} <= set(report["import"]["packages_added"])
     assert "aiohttp" not in report["import"]["packages_added"]
+
+
+@pytest.mark.slow
+def test_the_tool_bench_puts_every_tool_beside_the_same_question_asked_of_gitlab():
+    report = run_bench("mcp_bench.py")
+    tools = report["tools"]
+    assert set(tools) == {"search", "list_issues", "list_merge_requests", "get_issue", "get_merge_request",
+                          "experts", "changes", "sync_status"}
+    for name, row in tools.items():
+        assert 0 < row["mcp"]["p50_ms"] <= row["mcp"]["p99_ms"], name
+        if name != "sync_status":
+            assert row["gitlab"]["p50_ms"] >= report["latency_ms"], "every GitLab question pays the latency"
+            assert row["gitlab_requests_saved"] >= 1 and row["latency_ratio_p50"] > 0
+    assert tools["experts"]["gitlab_requests_saved"] == 1 + 2 * 10  # the list, then diffs + discussions each
