@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import mcp_types as types
@@ -69,6 +70,10 @@ def build_server(app: web.Application) -> Server[Any]:
         except ToolFailure as err:
             raise MCPError(types.INVALID_PARAMS, f"{params.name}: {err}", {"error": err.code}) from None
         text = orjson.dumps(result).decode()
+        if len(text.encode()) > mirror.budget:  # the tools fit their results; this is the net under them
+            raise MCPError(types.INTERNAL_ERROR, f"{params.name}: the result would exceed mcp.max_result_tokens "
+                           f"({app[CONFIG].mcp.max_result_tokens}); ask for less (a smaller limit)",
+                           {"error": "result_too_large"})
         return types.CallToolResult(content=[types.TextContent(text=text)])
 
     return Server(SERVER_NAME, version=_version(), instructions=INSTRUCTIONS,
@@ -76,8 +81,6 @@ def build_server(app: web.Application) -> Server[Any]:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("lore-gateway")
     except PackageNotFoundError:

@@ -245,6 +245,9 @@ async def _list(mirror: Mirror, fingerprint: str, page: queries.Page | queries.R
                 key_of: Callable[[JSON], list[Any]], what: str) -> JSON:
     items = [_preview(orjson.loads(i) if isinstance(i, bytes) else i) for i in page.items]
     shown = _fit_items(items, mirror.budget - RESERVE)
+    if items and not shown:
+        raise ToolFailure("result_too_large", f"one of the {what} alone exceeds mcp.max_result_tokens; "
+                                              "raise it, or read the item with its get_ tool")
     next_key = page.next_key if shown == len(items) else key_of(items[shown - 1]) if shown else None
     result: JSON = {"items": items[:shown],
                     "next_cursor": None if next_key is None else mirror.cursors.encode(next_key, fingerprint)}

@@ -337,3 +337,18 @@ async def test_the_change_feed_is_read_whole_and_in_order_within_budget(big, db)
                 break
     assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) > MANY_NOTES
     assert cut, "1,000 changes do not fit in 8,000 tokens: pages were cut, and said so"
+
+
+async def test_an_item_too_large_for_the_budget_is_an_error_that_says_so_never_a_silent_cut(
+        simulator, config_for, db, aiohttp_server):
+    labels = [f"label-{n}-" + "x" * 60 for n in range(60)]  # ~4.5 KB of labels: more than 1,000 tokens hold
+    simulator.add_issue(WIDGETS, title="Labelled to the brim", labels=labels)
+    await _sync(db, config_for())
+    gateway = await _serve(aiohttp_server, config_for(mcp_max_result_tokens="1000"))
+    async with gateway.client(await gateway.token("read")) as client:
+        for tool, args in (("list_issues", {"project": WIDGETS, "limit": 1}),
+                           ("get_issue", {"project": WIDGETS, "iid": 31})):
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool(tool, args)
+            assert raised.value.data == {"error": "result_too_large"}
+            assert "mcp.max_result_tokens" in raised.value.message
