@@ -91,7 +91,7 @@ def _version() -> str:
 
 
 async def handle_mcp(request: web.Request) -> web.StreamResponse:
-    """Every method on `/mcp`: rate limited first (like `/api/v1`, before the token is checked), then auth."""
+    """`POST /mcp`: rate limited first (like `/api/v1`, before the token is checked), then auth."""
     decision = await request.app[LIMITER].hit(request.app[CONFIG].ratelimit.api, await api_limits.bucket(request))
     request[api_limits.DECISION] = decision  # api_limits' response hook puts the RateLimit-* headers on
     if not decision.allowed:
@@ -135,4 +135,4 @@ def setup(app: web.Application) -> None:
     """Call after `api.setup` (the cursor codec, the rate limiter and its response hook)."""
     api_limits.setup(app)
     app.cleanup_ctx.append(_manager_ctx)
-    app.router.add_route("*", PATH, handle_mcp)
+    app.router.add_post(PATH, handle_mcp)  # stateless: no GET stream, no DELETE of a session
