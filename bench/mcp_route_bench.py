@@ -225,7 +225,7 @@ async def bench(calls: int, issues: int) -> dict[str, Any]:
                 "B_aiohttp_2025_11_25": await _measure(gateway, "/mcp-b", LEGACY, calls),
             }
     b = routes["B_aiohttp_2025_11_25"]
-    ratios = {f"{route}_over_B_{call}_{figure}": routes[route][call][figure] / b[call][figure]
+    ratios = {f"{route}_over_B_{call}_{figure}": routes[route][call][figure] / max(b[call][figure], 1e-9)
               for route in ("A_sdk_2025_11_25", "A_sdk_2026_07_28") for call in ("tools_list", "tools_call")
               for figure in ("p50_ms", "server_cpu_us")}
     return {"calls": calls, "routes": routes, "ratios": ratios, "import": _import_cost()}
