@@ -396,10 +396,10 @@ async def _get_item(mirror: Mirror, kind: Kind, args: Mapping[str, Any]) -> JSON
         offset, start = _get_position(key)
     if key is None or key[0] == "d":
         if not _description(page, description, offset, first=key is None):
-            return _finish(mirror, page, fingerprint, kind)
+            return _finish(mirror, page, fingerprint)
         start = (None, 0, 0)
     await _discussions(mirror, page, kind, project_id, iid, start)
-    return _finish(mirror, page, fingerprint, kind)
+    return _finish(mirror, page, fingerprint)
 
 
 def _get_position(key: list[Any]) -> tuple[int, tuple[ThreadKey | None, int, int] | None]:
@@ -503,7 +503,7 @@ def _say_cut(page: _Page) -> None:
     page.cut = "cut to stay under the result budget: more discussion follows; call again with cursor=next_cursor"
 
 
-def _finish(mirror: Mirror, page: _Page, fingerprint: str, kind: Kind) -> JSON:
+def _finish(mirror: Mirror, page: _Page, fingerprint: str) -> JSON:
     document = page.document
     if "item" in document or page.threads:
         document["discussions"] = page.threads
