@@ -17,6 +17,7 @@ from aiohttp import web
 from gateway import api, auth, health, knowledge_api, logs, metrics, sse, status_page, sync_api, webhooks
 from gateway import mcp as mcp_endpoint
 from gateway.cache import VERSIONS
+from gateway.changes_api import setup as setup_changes
 from gateway.http import errors_middleware
 from gateway.keys import BUS, CLOCK, CONFIG, DB, GITLAB, LEADER, REDIS, RUNNER, SCHEDULER, WORKERS
 from sync.clock import Clock, SystemClock
@@ -68,6 +69,7 @@ def create_app(
     api.setup(app)
     knowledge_api.setup(app)
     sync_api.setup(app)
+    setup_changes(app)
     sse.setup(app)
     mcp_endpoint.setup(app)
     metrics.setup(app)  # middlewares go outermost: metrics, then the request id around it

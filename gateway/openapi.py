@@ -67,6 +67,8 @@ _ERRORS = {
     404: ("NotFound", "No such resource (also a path id that is not a positive integer).", ["not_found"]),
     405: ("MethodNotAllowed", "The path exists, but not with this method.", ["method_not_allowed"]),
     413: ("PayloadTooLarge", "The body is larger than allowed.", ["payload_too_large"]),
+    410: ("Gone", "The change-feed cursor is older than the changes kept (`changes.retention`): list again.",
+          ["cursor_expired"]),
     429: ("RateLimited", "Over the rate limit; retry after `Retry-After` seconds.", ["rate_limited"]),
     503: ("NotReady", "The store is not ready or is busy, or the operation is unavailable here.",
           ["not_ready", "embeddings_unavailable"]),
@@ -249,6 +251,23 @@ SCHEMAS: JSON = {
     "Health": _object({"status": {"const": "ok"}}),
     "Ready": _object({"status": {"const": "ready"}, "sync_enabled": BOOLEAN, "message": STRING},
                      required=["status", "sync_enabled"]),
+    "Change": _object({
+        "seq": {**INTEGER, "description": "The database's number of this change: monotonic, the same in every "
+                "process; SSE `data.changed` carries the same numbers."},
+        "kind": {"type": "string", "enum": ["issue", "merge_request", "note"]},
+        "project_id": INTEGER,
+        "iid": {**INTEGER, "description": "The item's, or the note's parent's."},
+        "note_id": {"type": ["integer", "null"]},
+        "parent_kind": {"type": "string", "enum": ["issue", "merge_request"],
+                        "description": "A note's parent's kind; an item's own."},
+        "action": {"type": "string", "enum": ["created", "updated", "deleted"]},
+        "at": {**TIME, "description": "When the mirror committed it (RFC 3339, UTC, Z)."},
+    }),
+    "ChangeFeed": _object({
+        "items": {"type": "array", "items": _schema("Change")},
+        "next_cursor": {**STRING, "description": "Pass as `since` to read on (always present; a page shorter "
+                        "than `limit` means caught up)."},
+    }, description="Changes in commit order, oldest first."),
 }
 
 _RESPONSES: JSON = {name: _error_response(status) for status, (name, _, _) in _ERRORS.items()}
@@ -406,6 +425,22 @@ def _events_paths() -> JSON:
     return {"/api/v1/events": {"get": stream}, "/api/v1/events/ticket": {"post": ticket}}
 
 
+def _changes_paths() -> JSON:
+    feed = _operation(
+        "listChanges", "Every create, update and delete of an issue, MR or note since a cursor",
+        {**_ok(_schema("ChangeFeed"), "Changes in commit order", etag=True),
+         "304": _ref("responses", "NotModified"), **_errors(400, 410)},
+        tag="mirror", scope="read",
+        description="Deletions are tombstones. Entries are kept `changes.retention`; a cursor older than that "
+                    "gets 410 `cursor_expired` (list again, then follow from the newest cursor).",
+        parameters=[_query("since", STRING, "A `next_cursor`, or the `seq` of an SSE `data.changed` event; "
+                           "leave it out to start at the oldest change kept."),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                           "How many changes at most."),
+                    _param("IfNoneMatch")])
+    return {"/api/v1/changes": {"get": feed}}
+
+
 def _outside_paths() -> JSON:
     webhook = _operation(
         "receiveGitlabWebhook", "GitLab webhooks (X-Gitlab-Token, or Standard Webhooks signatures)",
@@ -446,7 +481,8 @@ def _outside_paths() -> JSON:
 @lru_cache(maxsize=1)
 def document() -> JSON:
     """The whole document (built once; treat it as read-only)."""
-    paths = {**_mirror_paths(), **_search_paths(), **_sync_paths(), **_events_paths(), **_outside_paths()}
+    paths = {**_mirror_paths(), **_search_paths(), **_sync_paths(), **_events_paths(), **_outside_paths(),
+             **_changes_paths()}
     return {
         "openapi": "3.1.0",
         "info": {"title": "lore-gateway", "version": "1",

@@ -136,6 +136,11 @@ class McpConfig:
 
 
 @dataclass(frozen=True)
+class ChangesConfig:
+    retention: float = 30 * _DAY  # change-feed rows (tombstones included); older cursors are expired
+
+
+@dataclass(frozen=True)
 class Config:
     gitlab: GitLabConfig = field(default_factory=GitLabConfig)
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
@@ -147,6 +152,7 @@ class Config:
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
     mcp: McpConfig = field(default_factory=McpConfig)
+    changes: ChangesConfig = field(default_factory=ChangesConfig)
     source: Path | None = None
 
     @property
@@ -181,6 +187,7 @@ _KEYS: dict[str, frozenset[str]] = {
     ),
     "embeddings": frozenset({"url", "model", "batch_size"}),
     "mcp": frozenset({"max_result_tokens"}),
+    "changes": frozenset({"retention"}),
 }
 
 ENV_PREFIX = "LORE_GATEWAY_"
@@ -598,6 +605,10 @@ def _mcp(section: _Section) -> McpConfig:
                                                        1000, 25000))
 
 
+def _changes(section: _Section) -> ChangesConfig:
+    return ChangesConfig(retention=section.duration("retention", ChangesConfig().retention))
+
+
 # --- loading -----------------------------------------------------------------------------------
 
 
@@ -677,6 +688,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         experts=_experts(sections["experts"]),
         embeddings=_embeddings(sections["embeddings"]),
         mcp=_mcp(sections["mcp"]),
+        changes=_changes(sections["changes"]),
         source=source,
     )
 
@@ -731,4 +743,5 @@ def describe(config: Config) -> dict[str, Any]:
         "experts": dataclasses.asdict(config.experts),
         "embeddings": dataclasses.asdict(config.embeddings),
         "mcp": dataclasses.asdict(config.mcp),
+        "changes": dataclasses.asdict(config.changes),
     }

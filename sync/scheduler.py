@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sync import changes
 from sync import inbox_queries as inbox
 from sync.clock import Clock, utc_iso
 from sync.config import Config, SyncConfig
@@ -411,6 +412,7 @@ class Scheduler:
             if isinstance(outcome, Run) and outcome.status == "succeeded":
                 await inbox.mark_processed(conn, event_ids, outcome.id, now)
                 await inbox.purge_processed(conn, now - self._config.webhook.retention)
+                await changes.prune(conn, now - self._config.changes.retention)
                 await record_success(conn, now)
             else:
                 error = outcome if isinstance(outcome, SyncError) else _failure_of(outcome)

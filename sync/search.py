@@ -3,6 +3,9 @@
 The query is FTS5 syntax passed through (phrases, AND/OR/NOT, prefix*, NEAR), except that words FTS5
 cannot take bare (src/auth/session.py, token-refresh) are quoted first; what is still malformed raises
 SearchQueryError (a 400). Ranking: exact title matches first, then bm25 with titles weighted 10 to 1.
+Type and project filters are FTS5 terms too (migrations/007), so they narrow before anything is
+ranked; and a query matching more than RANK_WINDOW documents is ranked among its RANK_WINDOW newest
+matches, which bounds a search's cost whatever it matches (bench/search_bench.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from sync.db import Database
 KINDS = ("issue", "merge_request", "note")
 TITLE_WEIGHT = 10.0
 BODY_WEIGHT = 1.0
+TAGS_WEIGHT = 0.0  # the filter tokens of migrations/007 never add to a score
+# bm25 costs a few microseconds a matching row: ranking all 49,000 matches of a word found nearly
+# everywhere took ~200 ms. Past this many matches, rank the newest ones only (a rowid range FTS5 seeks to).
+RANK_WINDOW = 1_000
 SNIPPET_TOKENS = 16
 MARK_OPEN, MARK_CLOSE, ELLIPSIS = "<mark>", "</mark>", "…"
 
@@ -25,8 +32,6 @@ _TOKEN = re.compile(r'"(?:[^"]|"")*"|"[^"]*$|[(),]|[^\s"(),]+')
 # What FTS5 takes bare: a word (optionally a `title:`/`body:` column filter, `^` anchor, `*` prefix).
 _BAREWORD = re.compile(r"(?:(?:title|body):)?\^?\w+\*?")
 _OPERATORS = frozenset({"AND", "OR", "NOT", "NEAR", "+"})
-# The messages SQLite gives for a malformed MATCH expression (any other OperationalError is ours).
-_SYNTAX_ERRORS = ("fts5:", "unterminated string", "unknown special query", "no such column")
 
 
 class SearchQueryError(ValueError):
@@ -94,13 +99,12 @@ async def search(
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    match = fts_query(text)
+    match = scoped_query(fts_query(text), kind, project_id)
     exact = await _exact_title_hits(db, match, _plain(text), kind, project_id)
     head = exact[offset : offset + limit]
     wanted = limit - len(head)
-    rest = await _ranked(
-        db, match, kind, project_id, [h[0] for h in exact], wanted + 1, max(0, offset - len(exact))
-    )
+    window = await _window_start(db, match)
+    rest = await _ranked(db, match, window, [h[0] for h in exact], wanted + 1, max(0, offset - len(exact)))
     rows = head + rest[:wanted]
     more = len(rest) > wanted
     return SearchPage([_hit(row) for row in rows], offset + limit if more else None)
@@ -112,8 +116,19 @@ _SELECT = (
     # CROSS JOIN keeps the FTS index in the outer loop, so FTS5 itself yields rows in rank order:
     # no sort, and a snippet is made only for the rows returned (not for every match).
     " FROM documents_fts CROSS JOIN documents d ON d.id = documents_fts.rowid"
-    f" WHERE documents_fts MATCH ? AND documents_fts.rank MATCH 'bm25({TITLE_WEIGHT}, {BODY_WEIGHT})'"
+    " WHERE documents_fts MATCH ?"
+    f" AND documents_fts.rank MATCH 'bm25({TITLE_WEIGHT}, {BODY_WEIGHT}, {TAGS_WEIGHT})'"
 )
+
+
+def scoped_query(match: str, kind: str | None, project_id: int | None) -> str:
+    """The user's expression over titles and bodies only, AND the filter tokens (migrations/007)."""
+    scoped = "{title body} : (" + match + ")"
+    if kind is not None:
+        scoped += " AND tags : kind" + kind.replace("_", "")
+    if project_id is not None:
+        scoped += f" AND tags : project{int(project_id)}"
+    return scoped
 
 
 def _filters(kind: str | None, project_id: int | None) -> tuple[str, list[Any]]:
@@ -127,21 +142,28 @@ def _filters(kind: str | None, project_id: int | None) -> tuple[str, list[Any]]:
     return sql, params
 
 
+async def _window_start(db: Database, match: str) -> int:
+    """The lowest rowid among the RANK_WINDOW newest matches, or 0 when fewer match (rank them all).
+
+    Walking matches newest first costs a fraction of a microsecond each; FTS5 stops at the window."""
+    rows = await _run(
+        db,
+        "SELECT rowid FROM documents_fts WHERE documents_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+        (match, RANK_WINDOW - 1),
+        match,
+    )
+    return rows[0][0] if rows else 0
+
+
 async def _ranked(
-    db: Database,
-    match: str,
-    kind: str | None,
-    project_id: int | None,
-    exclude: list[int],
-    limit: int,
-    offset: int,
+    db: Database, match: str, window: int, exclude: list[int], limit: int, offset: int
 ) -> list[sqlite3.Row]:
-    filters, params = _filters(kind, project_id)
+    filters, params = " AND documents_fts.rowid >= ?", [window]
     if exclude:
         filters += f" AND d.id NOT IN ({','.join('?' * len(exclude))})"
         params += exclude
     sql = f"{_SELECT}{filters} ORDER BY documents_fts.rank LIMIT ? OFFSET ?"
-    return await _run(db, sql, (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, *params, limit, offset))
+    return await _run(db, sql, (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, *params, limit, offset), match)
 
 
 async def _exact_title_hits(
@@ -155,12 +177,13 @@ async def _exact_title_hits(
         db,
         f"SELECT d.id FROM documents d WHERE d.title = ? COLLATE NOCASE AND d.kind != 'note'{filters} ORDER BY d.id",
         (plain, *params),
+        match,
     )
     hits = []
     for (doc_id,) in ids:
         # One row each, by rowid: FTS5 seeks the doclists to it instead of walking every match.
         rows = await _run(
-            db, f"{_SELECT} AND documents_fts.rowid = ?", (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, doc_id)
+            db, f"{_SELECT} AND documents_fts.rowid = ?", (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, doc_id), match
         )
         hits += rows
     return hits
@@ -182,17 +205,32 @@ def _hit(row: sqlite3.Row) -> SearchHit:
     )
 
 
-async def _run(db: Database, sql: str, params: tuple) -> list[sqlite3.Row]:
+async def _run(db: Database, sql: str, params: tuple, match: str) -> list[sqlite3.Row]:
     try:
         return await db.fetchall(sql, params)
     except sqlite3.OperationalError as exc:
-        message = str(exc)
-        if message.startswith(_SYNTAX_ERRORS):
+        problem = match_error(match)
+        if problem is not None:
             raise SearchQueryError(
-                f"not a valid search query ({message}): quote a phrase with \"...\", and put AND, OR,"
-                " NOT between two terms"
+                f"not a valid search query ({problem}): quote a phrase with \"...\", put AND, OR, NOT"
+                " between two terms, and write NEAR(a b, 10) with a whole number"
             ) from exc
         raise
+
+
+def match_error(match: str) -> str | None:
+    """What FTS5 says about `match` on its own (None if it runs): run against an empty table with the
+    same columns, so any error of the MATCH expression, whatever FTS5's wording (`fts5: syntax error`,
+    `expected integer, got "b"` for NEAR(a, b), `no such column`), is told apart from a fault of ours."""
+    probe = sqlite3.connect(":memory:")
+    try:
+        probe.execute("CREATE VIRTUAL TABLE q USING fts5(title, body, tags, tokenize='unicode61 remove_diacritics 2')")
+        probe.execute("SELECT rowid FROM q WHERE q MATCH ?", (match,)).fetchall()
+    except sqlite3.OperationalError as exc:
+        return str(exc)
+    finally:
+        probe.close()
+    return None
 
 
 def _plain(text: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import orjson
 
+from sync import changes
 from sync import inbox_queries as inbox
 from sync.clock import Clock
 from sync.commands import CommandNotFound, CommandRunner, CommandTimeout
@@ -909,6 +910,7 @@ async def _settle(
             # An incremental pass covers every event that was pending when it started.
             await inbox.mark_processed(conn, event_ids, outcome.id, now)
             await inbox.purge_processed(conn, now - config.webhook.retention)
+            await changes.prune(conn, now - config.changes.retention)
             await record_success(conn, now)
         else:
             error = outcome if isinstance(outcome, SyncError) else _failure_of(outcome)

@@ -791,3 +791,10 @@ def test_setting_a_secret_and_its_file_both_in_env_is_an_error(tmp_path: Path) -
 def test_a_redis_url_with_a_bad_port_is_an_error_that_hides_the_password(tmp_path: Path) -> None:
     message = error(tmp_path, LORE_GATEWAY_REDIS_URL="redis://:pw-xyz@cache:99999/0")
     assert message == "redis.url (env LORE_GATEWAY_REDIS_URL): the URL has an invalid port"
+
+
+def test_changes_retention_defaults_to_30_days_and_takes_a_duration(tmp_path: Path) -> None:
+    assert load_config(None, env={}).changes.retention == 30 * 86400.0
+    assert load_config(None, env={"LORE_GATEWAY_CHANGES_RETENTION": "12h"}).changes.retention == 12 * 3600.0
+    with pytest.raises(ConfigError, match=r"changes\.retention"):
+        load_config(None, env={"LORE_GATEWAY_CHANGES_RETENTION": "soon"})

@@ -77,7 +77,7 @@ def test_every_route_of_the_design_is_documented():
         "/projects", "/projects/{id}", "/projects/{id}/issues", "/projects/{id}/issues/{iid}",
         "/projects/{id}/merge_requests", "/projects/{id}/merge_requests/{iid}",
         "/projects/{id}/issues/{iid}/discussions", "/projects/{id}/merge_requests/{iid}/discussions",
-        "/search", "/experts", "/sync/status", "/sync/runs", "/events", "/openapi.json")}
+        "/search", "/experts", "/sync/status", "/sync/runs", "/events", "/openapi.json", "/changes")}
     design |= {("POST", "/api/v1/sync"), ("POST", "/api/v1/sync/resume"), ("POST", "/api/v1/events/ticket"),
                ("POST", "/webhooks/gitlab"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
                ("GET", "/")}
@@ -254,7 +254,7 @@ async def _start(data_dir: Path) -> tuple[list[web.AppRunner], Served]:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     tokens = {"read": (await app[TOKENS].create("fuzz", ["read"], None)).token,
               "sync": (await app[TOKENS].create("fuzz-sync", ["sync"], None)).token}
-    ids = {"id": [1001, 1002], "iid": [1, 2, 3, 12, 20]}
+    ids = {"id": [1001, 1002], "iid": [1, 2, 3, 12, 20], "since": [0, 1, 40, 99, 10**6]}
     operations = [(path, item["get"]) for path, item in document()["paths"].items()
                   if "get" in item and ("GET", path) in app_routes(app) and path not in NOT_FUZZED]
     served = Served(runner.addresses[0][1], tokens, ids, [], operations)
@@ -286,6 +286,13 @@ def served(tmp_path_factory) -> Iterator[Served]:
 
 TEXT = st.text(max_size=24)
 ASCII = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+# FTS5's query grammar in pieces (operators, NEAR groups with good and bad distances, column filters,
+# prefixes, anchors, quotes), put together in any order: each must be a 200 or a 400, never a 500.
+FTS_PIECES = ["token", "refresh", "widget", "a", "b", "AND", "OR", "NOT", "NEAR", "NEAR(", "(", ")", ",", "*",
+              "^", '"', ":", "-", "+", "{", "}", "title:", "body:", "{title body}:", "-title:", "1", "-1", "10",
+              "NEAR(a, b)", "NEAR(a b, -1)", "NEAR(token refresh, 5)", "tok*", '"token refresh"', "x1y"]
+FTS_QUERIES = st.lists(st.tuples(st.sampled_from(FTS_PIECES), st.sampled_from(["", " "])), min_size=1,
+                       max_size=8).map(lambda parts: "".join(p + sep for p, sep in parts))
 
 
 def value_for(param: dict, served: Served) -> st.SearchStrategy[str]:
@@ -305,6 +312,8 @@ def value_for(param: dict, served: Served) -> st.SearchStrategy[str]:
         valid.append(st.sampled_from(served.cursors))
         valid.append(st.sampled_from(served.cursors).flatmap(
             lambda c: st.integers(0, len(c) - 1).map(lambda i: c[:i] + ("A" if c[i] != "A" else "B") + c[i + 1:])))
+    if param["name"] == "q":
+        valid.append(FTS_QUERIES)
     if param["name"] == "labels":
         valid.append(st.lists(st.sampled_from(["bug", "feature", "docs", "priority::high", ""]), max_size=4)
                      .map(",".join))
@@ -371,3 +380,14 @@ def test_the_fuzzer_tried_every_route_and_got_real_answers(served):
     assert min(served.per_route.values()) >= 15, served.per_route
     assert served.statuses[200] > 100 and served.statuses[400] > 50 and served.statuses[404] > 50
     assert served.statuses[401] > 20 and served.statuses[403] > 20 and served.statuses[304] > 5
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(q=FTS_QUERIES)
+def test_fuzzing_search_with_fts5_operator_grammar_gives_200_or_400_never_500(served, q):
+    op = document()["paths"]["/api/v1/search"]["get"]
+    target = "/api/v1/search?" + urllib.parse.urlencode({"q": q}, quote_via=urllib.parse.quote)
+    status, body, headers = served.get(target, {"Authorization": f"Bearer {served.tokens['read']}"})
+    check(op, status, body, headers)
+    assert status in (200, 400), (q, status, body[:300])

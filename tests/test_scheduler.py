@@ -355,6 +355,21 @@ async def test_processed_rows_older_than_retention_are_deleted_after_a_successfu
     assert list(await fresh.inbox()) == [recent]
 
 
+async def test_change_feed_entries_older_than_retention_are_pruned_after_a_successful_run(fresh: Rig) -> None:
+    now, retention = fresh.clock.now(), fresh.config.changes.retention
+    async with fresh.db.transaction() as conn:
+        await conn.executemany(
+            "INSERT INTO changes (kind, project_id, iid, parent_kind, action, at) VALUES ('issue', 1, ?, 'issue',"
+            " 'deleted', ?)",
+            [(1, utc_iso(now - retention - 1)), (2, utc_iso(now - retention + 60))],
+        )
+    await fresh.webhook(iid=3)
+    fresh.scheduler.notify()
+    await fresh.step(DEBOUNCE)
+    assert [r[0] for r in await fresh.db.fetchall("SELECT iid FROM changes")] == [2]
+    assert await fresh.db.fetchval("SELECT through_seq FROM changes_pruned") == 1
+
+
 def test_many_items_of_one_project_become_one_incremental_pass() -> None:
     events = [InboxEvent(i, 1001, "issue", i) for i in range(1, 60)] + [InboxEvent(99, 1002, "issue", 3)]
     assert targets_for(events) == (Target(1002, "issue", 3), Target(1001, "project"))

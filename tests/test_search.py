@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from sync import search as search_module
 from sync.clock import SystemClock
 from sync.db import Database
 from sync.events import EventBus
 from sync.pipeline import SyncRequest
 from sync.runner import SyncRunner
-from sync.search import SearchQueryError, fts_query, search
+from sync.search import SearchQueryError, fts_query, match_error, search
 
 
 async def add_documents(db: Database, *docs: tuple[str, int, int, int, str, str]) -> None:
@@ -44,7 +45,9 @@ def test_words_fts5_cannot_take_bare_are_quoted_and_its_syntax_is_kept(text, que
     assert fts_query(text) == query
 
 
-@pytest.mark.parametrize("text", ['"unbalanced quote', "AND", "token AND", "NOT token", "(token", "token )"])
+@pytest.mark.parametrize("text", ['"unbalanced quote', "AND", "token AND", "NOT token", "(token", "token )",
+                                  "NEAR(a, b)", "NEAR(a b, -1)", "NEAR(a b, 1x)", "NEAR()",
+                                  "token OR OR refresh", "NEAR(token,"])
 async def test_a_malformed_query_raises_a_search_query_error_that_says_what_to_do(db, text):
     await add_documents(db, ("issue", 1, 1, 0, "Fix token refresh", "body"))
     with pytest.raises(SearchQueryError, match="not a valid search query"):
@@ -123,6 +126,30 @@ async def test_pages_follow_one_another_without_overlap(db):
     assert (first.next_offset, second.next_offset, third.next_offset) == (10, 20, None)
 
 
+async def test_a_filter_keeps_the_unfiltered_ranking_of_what_it_keeps(db):
+    await add_documents(db, *[("issue", 1 + i % 2, i, 0, f"Cache {'cache ' * (i % 4)}item {i}", "cache " * i)
+                              for i in range(1, 13)])
+    everything = [(h.project_id, h.iid) for h in (await search(db, "cache", limit=100)).items]
+    only_two = [(h.project_id, h.iid) for h in (await search(db, "cache", project_id=2, limit=100)).items]
+    assert only_two == [key for key in everything if key[0] == 2] and len(only_two) == 6
+
+
+async def test_the_filter_tokens_are_not_searchable_words(db):
+    await add_documents(db, ("issue", 1001, 1, 0, "Anything", "at all"))
+    assert (await search(db, "kindissue")).items == (await search(db, "project1001")).items == []
+    assert (await search(db, "tags : kindissue")).items == []
+
+
+async def test_a_query_matching_more_than_the_window_is_ranked_among_its_newest_matches(db, monkeypatch):
+    monkeypatch.setattr(search_module, "RANK_WINDOW", 3)
+    await add_documents(db, ("issue", 1, 1, 0, "Flaky flaky flaky", "flaky flaky"),  # the best match, but oldest
+                        *[("issue", 1, i, 0, f"Item {i}", "a flaky test") for i in range(2, 6)])
+    page = await search(db, "flaky", limit=10)
+    assert sorted(h.iid for h in page.items) == [3, 4, 5] and page.next_offset is None
+    monkeypatch.setattr(search_module, "RANK_WINDOW", 5)
+    assert (await search(db, "flaky", limit=10)).items[0].iid == 1
+
+
 # -- freshness through a real sync ------------------------------------------------------------------
 
 
@@ -140,3 +167,9 @@ async def test_a_changed_title_is_found_by_its_new_words_after_the_next_sync_and
     assert (await search(db, "quokka")).items == []
     found = (await search(db, "wombat burrow")).items
     assert [(h.type, h.iid, h.title) for h in found] == [("issue", 31, "Wombat burrow collapses")]
+
+
+def test_a_fault_that_is_not_the_querys_is_not_blamed_on_it():
+    """match_error runs the expression alone: a valid one is fine there, so a failure elsewhere stays ours."""
+    assert match_error(fts_query("NEAR(token refresh, 5) OR title:token*")) is None
+    assert "expected integer" in match_error(fts_query("NEAR(a, b)"))

@@ -22,7 +22,7 @@ import pytest
 
 from gateway.cli import main, service_cmds
 from gateway.cli.service_cmds import lore_gateway_command, readiness_url
-from sync.clock import FakeClock
+from sync.clock import FakeClock, utc_iso
 from sync.commands import CommandNotFound, CommandResult, CommandTimeout, SubprocessRunner
 from sync.config import Config, ConfigError, load_config
 from sync.db import Database
@@ -661,6 +661,17 @@ async def test_a_transient_failure_backs_off_exactly_like_the_scheduler(db: Data
     assert attempt.error is not None and attempt.error.code == "gitlab_unavailable"
     assert state.consecutive_failures == 2
     assert 0.8 * 120 <= state.next_retry_at - clock.now() <= 1.2 * 120  # base 1m * 2^(2-1), +-20%
+
+
+async def test_a_successful_service_run_prunes_change_feed_entries_older_than_retention(db, tmp_path) -> None:
+    clock = FakeClock()
+    config = policy_config(tmp_path / "data", changes_retention="1d")
+    async with db.transaction() as conn:
+        await conn.executemany(
+            "INSERT INTO changes (kind, project_id, iid, parent_kind, action, at) VALUES ('issue', 1, ?, 'issue',"
+            " 'deleted', ?)", [(1, utc_iso(clock.now() - 86_401)), (2, utc_iso(clock.now() - 60))])
+    await scheduled_attempt(db, ScriptedRunner(db, clock), clock, config, random.Random(1))
+    assert [r[0] for r in await db.fetchall("SELECT iid FROM changes")] == [2]
 
 
 async def test_a_permanent_failure_pauses(db: Database, tmp_path: Path) -> None:

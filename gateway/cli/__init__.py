@@ -17,6 +17,7 @@ import orjson
 
 from gateway.cli import backup_cmds, knowledge_cmds, serve_cmds, service_cmds, sync_cmds, token_cmds
 from gateway.cli.base import CommandFailed, Context, Parser, UsageError
+from gateway.cli.changes_cmds import register as register_changes
 from sync.config import ConfigError, load_config
 from sync.errors import SyncError
 from sync.migrations import MigrationError
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     for group in COMMAND_GROUPS:
         group.register(commands)
+    register_changes(commands)
     return parser
 
 
