@@ -22,7 +22,7 @@ from sync.db import Database
 from sync.experts import find_experts, resolve_project
 from sync.queries import CursorCodec, InvalidCursor, InvalidFilter, ItemFilters, ItemKey, Kind, ThreadKey
 from sync.search import KINDS as SEARCH_KINDS
-from sync.search import SearchQueryError, search
+from sync.search import RANK_WINDOW, SearchQueryError, search
 
 CHARS_PER_TOKEN = 4
 DEFAULT_LIMIT = 20
@@ -238,6 +238,11 @@ async def search_tool(mirror: Mirror, args: Mapping[str, Any]) -> JSON:
     if shown < len(hits):
         result["next_offset"] = offset + shown
         result["truncated"] = _cut_note("hits", shown, len(hits), f"call again with offset={offset + shown}")
+    elif page.next_offset is None and offset + len(hits) >= RANK_WINDOW:
+        # sync.search ranks a broad query among its RANK_WINDOW newest matches only, and ends there.
+        result["truncated"] = (f"the last hit: search ranks at most the {RANK_WINDOW:,} most recently indexed "
+                               "matches, and this query may match more; narrow it (type, project, more words) "
+                               "to reach older ones")
     return result
 
 

@@ -21,6 +21,7 @@ from sync.config import ConfigError
 from sync.events import EventBus
 from sync.pipeline import SyncRequest
 from sync.runner import SyncRunner
+from sync.search import RANK_WINDOW
 from tests.conftest import make_config
 
 WIDGETS = 1001
@@ -285,7 +286,7 @@ async def test_lists_and_search_stay_in_budget_and_their_continuation_reaches_ev
     assert search["items"] and status["scheduler_state"] and experts["items"]
 
 
-async def test_search_continuation_by_offset_reaches_every_hit_once(big):
+async def test_search_continuation_by_offset_reaches_every_hit_once_and_says_where_search_stops(big):
     hits: list[int] = []
     offset: int | None = 0
     async with big.client(await big.token("read")) as client:
@@ -294,7 +295,10 @@ async def test_search_continuation_by_offset_reaches_every_hit_once(big):
                                                                     "limit": 100, "offset": offset}))
             hits += [h["note_id"] for h in page["items"]]
             offset = page["next_offset"]
-    assert len(hits) == len(set(hits)) >= MANY_NOTES - 1  # all but the long note say "number"
+            assert offset is None or len(hits) == offset, "each page starts where the last one stopped"
+    # 1,999 notes say "number"; sync.search ranks the newest RANK_WINDOW of them, and the last page says so.
+    assert len(hits) == len(set(hits)) == RANK_WINDOW
+    assert f"at most the {RANK_WINDOW:,} most recently indexed matches" in page["truncated"]
 
 
 async def test_diff_notes_are_condensed_with_their_file_and_line(gateway):
