@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import api, auth, health, knowledge_api, logs, metrics, sse, status_page, sync_api, webhooks
+from gateway import mcp as mcp_endpoint
 from gateway.cache import VERSIONS
 from gateway.changes_api import setup as setup_changes
 from gateway.http import errors_middleware
@@ -71,6 +72,7 @@ def create_app(
     sync_api.setup(app)
     setup_changes(app)
     sse.setup(app)
+    mcp_endpoint.setup(app)
     metrics.setup(app)  # middlewares go outermost: metrics, then the request id around it
     logs.setup(app)
     status_page.setup(app)

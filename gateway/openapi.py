@@ -478,6 +478,13 @@ def _outside_paths() -> JSON:
                      "webhook-signature")])
     return {
         "/webhooks/gitlab": {"post": webhook},
+        "/mcp": {"post": _operation(
+            "mcp", "Model Context Protocol (Streamable HTTP): tools over the mirror for agents",
+            {**_ok({"type": "object"}, "A JSON-RPC response (see docs/agents.md)"), **_errors(400, 413)},
+            tag="agents", scope="read",
+            description="JSON-RPC 2.0; protocol versions 2024-11-05 to 2026-07-28, stateless. Same tokens, "
+                        "rate limit and metrics as /api/v1.",
+            request_body={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}})},
         "/healthz": {"get": _operation("healthz", "The process answers", _ok(_schema("Health"), "Alive"),
                                        tag="operations", scope=None, api=False)},
         "/readyz": {"get": _operation("readyz", "The store is ready (also with sync disabled)",

@@ -147,6 +147,11 @@ class EmbeddingsConfig:
 
 
 @dataclass(frozen=True)
+class McpConfig:
+    max_result_tokens: int = 8000  # every MCP tool result stays under this, at about 4 characters a token
+
+
+@dataclass(frozen=True)
 class ChangesConfig:
     retention: float = 30 * _DAY  # change-feed rows (tombstones included); older cursors are expired
 
@@ -162,6 +167,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     experts: ExpertsConfig = field(default_factory=ExpertsConfig)
     embeddings: EmbeddingsConfig = field(default_factory=EmbeddingsConfig)
+    mcp: McpConfig = field(default_factory=McpConfig)
     changes: ChangesConfig = field(default_factory=ChangesConfig)
     source: Path | None = None
 
@@ -202,6 +208,7 @@ _KEYS: dict[str, frozenset[str]] = {
         }
     ),
     "embeddings": frozenset({"url", "model", "batch_size"}),
+    "mcp": frozenset({"max_result_tokens"}),
     "changes": frozenset({"retention"}),
 }
 
@@ -659,6 +666,13 @@ def _embeddings(section: _Section) -> EmbeddingsConfig:
     )
 
 
+def _mcp(section: _Section) -> McpConfig:
+    # Below 1,000 tokens a single condensed note or thread header would not fit; Claude Code refuses
+    # tool results over 25,000 tokens, so a larger budget only produces results a client drops.
+    return McpConfig(max_result_tokens=section.integer("max_result_tokens", McpConfig.max_result_tokens,
+                                                       1000, 25000))
+
+
 def _changes(section: _Section) -> ChangesConfig:
     return ChangesConfig(retention=section.duration("retention", ChangesConfig().retention))
 
@@ -741,6 +755,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         redis=_redis(sections["redis"]),
         experts=_experts(sections["experts"]),
         embeddings=_embeddings(sections["embeddings"]),
+        mcp=_mcp(sections["mcp"]),
         changes=_changes(sections["changes"]),
         source=source,
     )
@@ -817,5 +832,6 @@ def describe(config: Config) -> dict[str, Any]:
         "redis": {"url": redact_url(config.redis.url)},
         "experts": dataclasses.asdict(config.experts),
         "embeddings": dataclasses.asdict(config.embeddings),
+        "mcp": dataclasses.asdict(config.mcp),
         "changes": dataclasses.asdict(config.changes),
     }

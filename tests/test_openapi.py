@@ -81,6 +81,7 @@ def test_every_route_of_the_design_is_documented():
     design |= {("POST", "/api/v1/sync"), ("POST", "/api/v1/sync/resume"), ("POST", "/api/v1/events/ticket"),
                ("POST", "/webhooks/gitlab"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
                ("GET", "/")}
+    design |= {("POST", "/mcp")}
     assert design == documented
 
 
