@@ -26,6 +26,10 @@ TAGS_WEIGHT = 0.0  # the filter tokens of migrations/007 never add to a score
 RANK_WINDOW = 1_000
 SNIPPET_TOKENS = 16
 MARK_OPEN, MARK_CLOSE, ELLIPSIS = "<mark>", "</mark>", "…"
+# FTS5's snippet() scores a window at every instance of the query's terms: quadratic in their count.
+# A 1 MB description repeating a word 50,000 times took ~28 s; a word 5,000 times in one body, ~190 ms.
+# Bodies longer than this get their snippet made here instead (_plain_snippet), in one regex pass.
+SNIPPET_BODY_LIMIT = 8_192
 
 # A quoted phrase (closed or not), a parenthesis or comma, or a run of anything else.
 _TOKEN = re.compile(r'"(?:[^"]|"")*"|"[^"]*$|[(),]|[^\s"(),]+')
@@ -107,12 +111,15 @@ async def search(
     rest = await _ranked(db, match, window, [h[0] for h in exact], wanted + 1, max(0, offset - len(exact)))
     rows = head + rest[:wanted]
     more = len(rest) > wanted
-    return SearchPage([_hit(row) for row in rows], offset + limit if more else None)
+    words = _query_words(text)
+    return SearchPage([_hit(row, words) for row in rows], offset + limit if more else None)
 
 
 _SELECT = (
     "SELECT d.id, d.kind, d.project_id, d.iid, d.note_id, d.parent_kind, d.title, d.web_url,"
-    f" snippet(documents_fts, 1, ?, ?, ?, {SNIPPET_TOKENS}), documents_fts.rank"
+    f" CASE WHEN length(d.body) <= {SNIPPET_BODY_LIMIT}"
+    f" THEN snippet(documents_fts, 1, ?, ?, ?, {SNIPPET_TOKENS}) END, documents_fts.rank,"
+    f" CASE WHEN length(d.body) > {SNIPPET_BODY_LIMIT} THEN d.body END"
     # CROSS JOIN keeps the FTS index in the outer loop, so FTS5 itself yields rows in rank order:
     # no sort, and a snippet is made only for the rows returned (not for every match).
     " FROM documents_fts CROSS JOIN documents d ON d.id = documents_fts.rowid"
@@ -188,8 +195,10 @@ async def _exact_title_hits(
     return hits
 
 
-def _hit(row: sqlite3.Row) -> SearchHit:
-    _, kind, project_id, iid, note_id, parent_kind, title, web_url, snippet, rank = row
+def _hit(row: sqlite3.Row, words: re.Pattern[str] | None) -> SearchHit:
+    _, kind, project_id, iid, note_id, parent_kind, title, web_url, snippet, rank, long_body = row
+    if long_body is not None:
+        snippet = _plain_snippet(long_body, words)
     score = -rank
     return SearchHit(
         type=kind,
@@ -230,6 +239,37 @@ def match_error(match: str) -> str | None:
     finally:
         probe.close()
     return None
+
+
+def _query_words(text: str) -> re.Pattern[str] | None:
+    """The query's words (a trailing * a prefix) as one case-insensitive pattern, for _plain_snippet."""
+    alternatives = []
+    for word in re.findall(r"\w+\*?", text):
+        if word.rstrip("*") in _OPERATORS or word.rstrip("*").lower() in ("title", "body"):
+            continue
+        stem = re.escape(word.rstrip("*"))
+        alternatives.append(stem + r"\w*" if word.endswith("*") else stem)
+    if not alternatives:
+        return None
+    return re.compile(r"\b(?:" + "|".join(alternatives) + r")\b", re.IGNORECASE)
+
+
+def _plain_snippet(body: str, words: re.Pattern[str] | None) -> str:
+    """About SNIPPET_TOKENS words of a long body around its first query word, marked as snippet() does.
+
+    Linear in the body, where FTS5's snippet() is quadratic in the matches (SNIPPET_BODY_LIMIT). The
+    words are the query's own; FTS5's tokenizer also folds diacritics, which this does not, so a
+    match it found may go unmarked here: the snippet is then the body's start."""
+    first = words.search(body) if words is not None else None
+    start = 0 if first is None else first.start()
+    before = body[max(0, start - 400) : start].split()[-(SNIPPET_TOKENS // 2) :]
+    after = body[start : start + 800].split()[: SNIPPET_TOKENS - len(before)]
+    window = " ".join(before + after)
+    if words is not None:
+        window = words.sub(lambda m: MARK_OPEN + m.group(0) + MARK_CLOSE, window)
+    lead = ELLIPSIS if start > 0 and before else ""
+    tail = ELLIPSIS if start + 800 < len(body) or len(after) == SNIPPET_TOKENS - len(before) else ""
+    return lead + window + tail
 
 
 def _plain(text: str) -> str:

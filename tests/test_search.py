@@ -116,6 +116,27 @@ async def test_results_carry_the_contract_fields_and_a_highlighted_snippet(db):
     assert "<mark>loops</mark>" in hit.snippet
 
 
+async def test_a_long_body_gets_a_marked_snippet_around_its_first_match_without_fts5_snippet(db):
+    # FTS5's snippet() is quadratic in a body's matches (a 1 MB body repeating a word took ~28 s):
+    # past SNIPPET_BODY_LIMIT the snippet is made in one regex pass, and snippet() is never asked.
+    body = "Intro words here. " * 10 + "Then the Deadlock shows up in the scheduler " + "deadlock " * 2000
+    assert len(body) > search_module.SNIPPET_BODY_LIMIT
+    await add_documents(db, ("issue", 1, 1, 0, "Scheduler hangs", body))
+    hit = (await search(db, "deadlock")).items[0]
+    assert hit.snippet.startswith("…") and hit.snippet.endswith("…")
+    assert "<mark>Deadlock</mark> shows up in the scheduler <mark>deadlock</mark>" in hit.snippet
+    assert len(hit.snippet.split()) <= search_module.SNIPPET_TOKENS + 2
+
+
+async def test_a_long_body_matched_by_a_prefix_or_only_in_its_title_still_gets_a_snippet(db):
+    await add_documents(db, ("issue", 1, 1, 0, "Quota", "nothing about it " * 600 + "quotas exceeded " * 10),
+                        ("issue", 1, 2, 0, "Refactor", "plain text " * 900))
+    prefix = (await search(db, "quota*")).items
+    assert [h.iid for h in prefix] == [1] and "<mark>quotas</mark>" in prefix[0].snippet
+    title_only = (await search(db, "title:refactor")).items[0]
+    assert title_only.snippet == "plain text " * 7 + "plain text…"
+
+
 async def test_pages_follow_one_another_without_overlap(db):
     await add_documents(db, *[("issue", 1, i, 0, f"Flaky test number {i}", "flaky") for i in range(1, 26)])
     first = await search(db, "flaky", limit=10)
