@@ -76,11 +76,11 @@ class Result:
 
 
 def make_mirror(data_dir: Path) -> str:
-    """A mirror of one project with ISSUES issues, written through sync.mirror; returns a read token."""
+    """A mirror of one project with ISSUES issues, written through sync.ingest.mirror; returns a read token."""
     from gateway.simulator import GitLabSimulator
-    from sync import mirror
     from sync.clock import SystemClock
-    from sync.db import Database
+    from sync.ingest import mirror
+    from sync.store.db import Database
     from sync.tokens import TokenStore, signing_keys
 
     async def fill() -> str:

@@ -39,7 +39,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.simulator import GitLabSimulator, Webhook
-    from sync.inbox import Inbox
+    from sync.control.inbox import Inbox
 
 SECRET = "bench-secret-0123456789"
 PATH = "/webhooks/gitlab"

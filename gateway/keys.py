@@ -7,12 +7,12 @@ from redis.asyncio import Redis
 
 from sync.clock import Clock
 from sync.config import Config
-from sync.db import Database
+from sync.control.runner import SyncRunner
+from sync.control.scheduler import Scheduler
 from sync.events import EventBus
-from sync.gitlab import GitLabClient
-from sync.redis_lock import LeaderLease
-from sync.runner import SyncRunner
-from sync.scheduler import Scheduler
+from sync.gitlab.client import GitLabClient
+from sync.scaleout.redis_lock import LeaderLease
+from sync.store.db import Database
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)

@@ -1,6 +1,6 @@
 """`GET /api/v1/search` and `GET /api/v1/experts`: the knowledge built on the mirror, over HTTP.
 
-Handlers only validate parameters and call the engine (sync.search, sync.embeddings, sync.experts).
+Handlers only validate parameters and call the engine (sync.read.search, sync.ingest.embeddings, sync.read.experts).
 Search pages by an opaque offset cursor: relevance order has no stable key to page by. Both answer
 with a strong ETag of the body (304 on a match): their inputs (the FTS index, the time of day for
 decay) have no data version of their own yet.
@@ -19,10 +19,10 @@ from aiohttp import web
 from gateway.auth import requires
 from gateway.http import ApiError, bad_parameter, json_body
 from gateway.keys import CLOCK, CONFIG, DB
-from sync.embeddings import EmbeddingClient, VectorIndex
 from sync.errors import SyncError
-from sync.experts import find_experts, project_exists
-from sync.search import KINDS, SearchQueryError, search
+from sync.ingest.embeddings import EmbeddingClient, VectorIndex
+from sync.read.experts import find_experts, project_exists
+from sync.read.search import KINDS, SearchQueryError, search
 
 EMBEDDER = web.AppKey("embedder", EmbeddingClient)
 VECTORS = web.AppKey("vectors", VectorIndex)

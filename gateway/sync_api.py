@@ -18,10 +18,10 @@ from gateway.auth import requires
 from gateway.cache import CACHE_CONTROL, matches
 from gateway.http import ApiError, bad_parameter, json_body, json_response
 from gateway.keys import CLOCK, CONFIG, DB, SCHEDULER
+from sync.control.runs import PROFILES, RunLog
+from sync.control.scheduler import resume_service
+from sync.control.status import sync_status
 from sync.errors import PermanentError
-from sync.runs import PROFILES, RunLog
-from sync.scheduler import resume_service
-from sync.status import sync_status
 
 RUNS_DEFAULT_LIMIT = 20
 RUNS_MAX_LIMIT = 100
@@ -47,7 +47,7 @@ async def get_runs(request: web.Request) -> web.Response:
     """`GET /api/v1/sync/runs?limit=N`: the newest runs first; one page (see `next_cursor`)."""
     limit = _limit(request.query.get("limit"))
     runs = await RunLog(request.app[DB], request.app[CLOCK]).recent(limit)
-    # Paging would need a keyset query in sync/runs.py; the newest 100 runs are what callers ask for.
+    # Paging would need a keyset query in sync/control/runs.py; the newest 100 runs are what callers ask for.
     return _fresh_json(request, {"items": [run.to_json() for run in runs], "next_cursor": None})
 
 

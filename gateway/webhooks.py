@@ -31,7 +31,7 @@ from gateway.http import ApiError, json_response
 from gateway.keys import BUS, CLOCK, CONFIG, DB
 from gateway.proxies import client_address
 from sync.config import WebhookConfig
-from sync.inbox import Accepted, Inbox, InboxError, InboxEvent
+from sync.control.inbox import Accepted, Inbox, InboxError, InboxEvent
 
 log = logging.getLogger("lore_gateway.webhooks")
 

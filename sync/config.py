@@ -55,7 +55,7 @@ class GitLabConfig:
     concurrency: int = 8
     timeout: float = 30.0
     touch_interval: float = _MINUTE  # GitLab's ThrottledTouch::TOUCH_INTERVAL
-    requests_per_minute: int = 0  # a budget across stages and processes (sync/budget.py); 0 = none
+    requests_per_minute: int = 0  # a budget across stages and processes (sync/gitlab/budget.py); 0 = none
 
     @property
     def enabled(self) -> bool:
@@ -765,7 +765,7 @@ def ensure_data_dir(config: Config) -> Path:
     """Create the data directory if needed and prove it writable; the store cannot start otherwise."""
     data_dir = config.gateway.data_dir
     try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # private: sync.db.make_private
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # private: sync.store.db.make_private
         with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".write-check-"):
             pass
     except FileExistsError:

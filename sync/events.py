@@ -43,7 +43,7 @@ class Subscription:
 
 
 class EventBus:
-    """One process's bus. A shared bus (sync.redis_bus) subclasses it and keeps this public API."""
+    """One process's bus. A shared bus (sync.scaleout.redis_bus) subclasses it and keeps this public API."""
 
     def __init__(self, *, buffer_size: int = 2048, first_id: int = 1) -> None:
         self._ids: Iterator[int] = itertools.count(first_id)

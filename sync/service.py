@@ -24,17 +24,17 @@ from typing import Any, Literal
 
 import orjson
 
-from sync import changes
-from sync import inbox_queries as inbox
 from sync.clock import Clock
 from sync.commands import CommandNotFound, CommandRunner, CommandTimeout
 from sync.config import ENV_PREFIX, Config, ConfigError, config_warnings
-from sync.db import Database
+from sync.control import inbox_queries as inbox
+from sync.control.runs import Run
+from sync.control.scheduler import SyncRunnerLike, reconcile_due_at, record_failure, record_success
+from sync.control.status import ServiceState, read_service_state
 from sync.errors import PermanentError, SyncError, SyncInProgress, TransientError
-from sync.pipeline import SyncRequest
-from sync.runs import Run
-from sync.scheduler import SyncRunnerLike, reconcile_due_at, record_failure, record_success
-from sync.status import ServiceState, read_service_state
+from sync.ingest.pipeline import SyncRequest
+from sync.read import changes
+from sync.store.db import Database
 
 DAEMON_UNIT = "lore-gateway.service"
 SYNC_UNIT = "lore-gateway-sync.service"

@@ -26,7 +26,7 @@ from itsdangerous import BadData, Serializer, URLSafeSerializer, URLSafeTimedSer
 
 from sync.clock import Clock, utc_iso
 from sync.config import MIN_SECRET_BYTES, Config, ConfigError, short_secret
-from sync.db import Database
+from sync.store.db import Database
 
 log = logging.getLogger("lore_gateway.tokens")
 

@@ -9,7 +9,7 @@ import pytest
 
 from gateway.simulator import GitLabSimulator
 from sync.config import Config, load_config
-from sync.db import Database
+from sync.store.db import Database
 from tests.skip_policy import pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401
 
 SIM_TOKEN = "sim-token"

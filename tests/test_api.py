@@ -12,11 +12,11 @@ from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.keys import DB
 from gateway.simulator import GitLabSimulator
-from sync import mirror
 from sync.clock import SystemClock, normalize_time
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
+from sync.ingest import mirror
+from sync.ingest.pipeline import SyncRequest
 from sync.tokens import signing_keys
 
 WIDGETS, GADGETS = 1001, 1002  # the simulator's project ids (conftest: 30 + 20 issues, 12 + 8 MRs)

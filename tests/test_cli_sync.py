@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from gateway.simulator import GitLabSimulator
-from sync.db import Database
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN
 
 

@@ -16,7 +16,7 @@ import pytest
 from gateway.cli import main
 from sync.clock import SystemClock
 from sync.config import load_config
-from sync.db import Database
+from sync.store.db import Database
 from sync.tokens import KEY_FILE_NAME, Principal, TokenStore, signing_keys
 
 

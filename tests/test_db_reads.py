@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from sync.db import INLINE_BUDGET, Database
+from sync.store.db import INLINE_BUDGET, Database
 
 # About 200k VM steps of pure computation: far more than INLINE_BUDGET on any machine.
 LONG = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) SELECT sum(i) FROM n"

@@ -17,7 +17,7 @@ import aiohttp
 from gateway.app import create_app
 from gateway.server import running
 from gateway.simulator import GitLabSimulator
-from sync.db import Database
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config
 
 SECRET = "e2e-webhook-secret"

@@ -20,7 +20,7 @@ from gateway.sse import STREAMS
 from sync.clock import FakeClock
 from sync.config import Config
 from sync.events import Event
-from sync.pipeline import SyncRequest
+from sync.ingest.pipeline import SyncRequest
 from tests.conftest import make_config
 
 SECRET = "webhook-secret"

@@ -19,12 +19,12 @@ from gateway.auth import TOKENS
 from gateway.keys import BUS, DB
 from gateway.simulator import TOUCH_INTERVAL, GitLabSimulator
 from sync.clock import FakeClock, SystemClock
-from sync.db import Database
+from sync.control.runner import SyncRunner
+from sync.control.scheduler import Scheduler
+from sync.control.status import read_service_state
 from sync.events import EventBus
-from sync.pipeline import SyncRequest, Target
-from sync.runner import SyncRunner
-from sync.scheduler import Scheduler
-from sync.status import read_service_state
+from sync.ingest.pipeline import SyncRequest, Target
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config
 from tests.test_cli_sync import cli, cli_env
 from tests.test_scheduler import FakeRunner, Rig

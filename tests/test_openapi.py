@@ -29,10 +29,10 @@ from gateway.auth import TOKENS
 from gateway.openapi import PATH, document
 from gateway.simulator import GitLabSimulator
 from sync.clock import SystemClock
-from sync.db import Database
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
+from sync.ingest.pipeline import SyncRequest
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config
 
 # Documented routes that no module registers yet, as ("METHOD", "/path"): empty now that every route of

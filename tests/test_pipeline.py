@@ -9,9 +9,9 @@ from aiohttp import web
 
 from gateway.simulator import GitLabSimulator
 from sync.clock import SystemClock
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest, Target
-from sync.runner import SyncRunner
+from sync.ingest.pipeline import SyncRequest, Target
 
 
 async def counts(db, table: str) -> int:

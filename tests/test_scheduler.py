@@ -19,15 +19,15 @@ from aiohttp import web
 from gateway.simulator import GitLabSimulator
 from sync.clock import FakeClock, utc_iso
 from sync.config import Config, load_config
-from sync.db import Database
+from sync.control.inbox_queries import InboxEvent, targets_for
+from sync.control.runner import SyncRunner
+from sync.control.runs import Run, RunLog
+from sync.control.scheduler import STATE_POLL, Scheduler, backoff_delay, resume_service
+from sync.control.status import read_service_state
 from sync.errors import PermanentError, SyncError, SyncInProgress, TransientError
 from sync.events import Event, EventBus
-from sync.inbox_queries import InboxEvent, targets_for
-from sync.pipeline import SyncRequest, Target
-from sync.runner import SyncRunner
-from sync.runs import Run, RunLog
-from sync.scheduler import STATE_POLL, Scheduler, backoff_delay, resume_service
-from sync.status import read_service_state
+from sync.ingest.pipeline import SyncRequest, Target
+from sync.store.db import Database
 
 INTERVAL = 1800.0
 DEBOUNCE = 2.0

@@ -27,12 +27,12 @@ from gateway.cli.service_cmds import lore_gateway_command, readiness_url
 from sync.clock import FakeClock, utc_iso
 from sync.commands import CommandNotFound, CommandResult, CommandTimeout, SubprocessRunner
 from sync.config import Config, ConfigError, load_config
-from sync.db import Database
+from sync.control.runner import SyncRunner
+from sync.control.runs import Run, RunLog
+from sync.control.status import read_service_state
 from sync.errors import PermanentError, TransientError
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
-from sync.runs import Run, RunLog
+from sync.ingest.pipeline import SyncRequest
 from sync.service import (
     DAEMON_UNIT,
     ENV_FILE_NAME,
@@ -53,7 +53,7 @@ from sync.service import (
     scheduled_attempt,
     service_status,
 )
-from sync.status import read_service_state
+from sync.store.db import Database
 
 SIGNING_TOKEN = "whsec_" + base64.b64encode(b"standard-webhooks-signing-key!").decode()
 SECRET_ENV = {

@@ -22,11 +22,11 @@ from gateway.auth import TOKENS
 from gateway.keys import BUS, CLOCK, CONFIG, DB, SCHEDULER
 from sync.clock import FakeClock, utc_iso
 from sync.config import Config, load_config
-from sync.db import Database
+from sync.control.runs import Run, RunLog
+from sync.control.scheduler import Scheduler
 from sync.errors import PermanentError, SyncError, TransientError
-from sync.pipeline import SyncRequest
-from sync.runs import Run, RunLog
-from sync.scheduler import Scheduler
+from sync.ingest.pipeline import SyncRequest
+from sync.store.db import Database
 
 SETTLE = 5.0  # a guard against a hung test, never a timing assumption
 STATUS_FIELDS = {"scheduler_state", "last_sync", "last_success_at", "recent_runs", "next_run_at", "backoff",

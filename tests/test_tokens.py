@@ -14,7 +14,7 @@ from itsdangerous import TimestampSigner, URLSafeSerializer, URLSafeTimedSeriali
 
 from sync.clock import FakeClock
 from sync.config import AuthConfig, Config, ConfigError, GatewayConfig
-from sync.db import Database
+from sync.store.db import Database
 from sync.tokens import (
     KEY_FILE_NAME,
     TICKET_SALT,

@@ -30,7 +30,7 @@ from gateway.cli.base import CommandFailed, Context, Parser, UsageError
 from gateway.cli.changes_cmds import register as register_changes
 from sync.config import Config, ConfigError, load_config
 from sync.errors import SyncError
-from sync.migrations import MigrationError
+from sync.store.migrations import MigrationError
 
 COMMAND_GROUPS = [serve_cmds, sync_cmds, token_cmds, service_cmds, backup_cmds, knowledge_cmds, init_cmds, hooks_cmds,
                   doctor_cmds]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from sync.config import Config, ensure_data_dir
-from sync.db import Database
+from sync.store.db import Database
 
 
 class UsageError(Exception):

@@ -24,9 +24,9 @@ from gateway.simulator_profiles import DEFAULT_PROFILE, PROFILES
 from gateway.workers import SupervisorError, serve_workers
 from sync.clock import SystemClock
 from sync.config import Config, config_warnings, ensure_data_dir, load_config
-from sync.mounts import refuse_network_data_dir
-from sync.scheduler import resume_service
-from sync.status import sync_status
+from sync.control.scheduler import resume_service
+from sync.control.status import sync_status
+from sync.store.mounts import refuse_network_data_dir
 
 
 def register(commands: Any) -> None:

@@ -24,9 +24,9 @@ from gateway.cli.sync_cmds import describe_run
 from sync.clock import SystemClock, utc_iso
 from sync.commands import CommandRunner, SubprocessRunner
 from sync.config import parse_duration
+from sync.control.runner import SyncRunner
+from sync.control.runs import PROFILES
 from sync.events import EventBus
-from sync.runner import SyncRunner
-from sync.runs import PROFILES
 from sync.service import (
     Attempt,
     InstallPlan,

@@ -11,12 +11,12 @@ from typing import Any, TextIO
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
 from sync.clock import SystemClock
 from sync.config import ensure_data_dir
-from sync.db import migrate
+from sync.control.runner import SyncRunner
+from sync.control.runs import PROFILES, Run
+from sync.control.status import sync_status
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
-from sync.runs import PROFILES, Run
-from sync.status import sync_status
+from sync.ingest.pipeline import SyncRequest
+from sync.store.db import migrate
 
 
 def register(commands: Any) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
 from sync.clock import SystemClock, utc_iso
 from sync.config import ConfigError, parse_duration
-from sync.db import Database
+from sync.store.db import Database
 from sync.tokens import SCOPES, BadTokenRequest, TokenInfo, TokenStore, UnknownToken, signing_keys
 
 

@@ -23,8 +23,8 @@ from typing import Any
 from sync.clock import Clock, utc_iso
 from sync.config import Config
 from sync.errors import PermanentError, SyncError
-from sync.gitlab import GitLabClient
-from sync.instance import Instance
+from sync.gitlab.client import GitLabClient
+from sync.gitlab.instance import Instance
 
 WEBHOOK_PATH = "/webhooks/gitlab"
 # What the mirror needs (doc/user/project/integrations/webhook_events.md); push events are optional.

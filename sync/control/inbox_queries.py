@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sync.db import Database
-from sync.pipeline import Target
+from sync.ingest.pipeline import Target
+from sync.store.db import Database
 
 # A project named by this many distinct items is cheaper to re-list incrementally than to fetch item by item.
 ITEMS_BEFORE_PROJECT_PASS = 50

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from sync.db import Database
+from sync.store.db import Database
 
 BATCH = 500
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import aiosqlite
 
-from sync.migrations import apply_migrations
+from sync.store.migrations import apply_migrations
 
 BUSY_TIMEOUT_MS = 10_000
 _PRAGMAS = (

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sync.clock import Clock
-from sync.db import Database
+from sync.store.db import Database
 
 log = logging.getLogger("lore_gateway.budget")
 

@@ -15,8 +15,8 @@ import sqlite3
 from collections.abc import Iterable
 
 from sync.clock import Clock
-from sync.db import Database
 from sync.events import Event
+from sync.store.db import Database
 
 log = logging.getLogger("lore_gateway.versions")
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from sync.clock import parse_time, utc_iso
 from sync.config import ExpertsConfig
-from sync.db import Database
+from sync.store.db import Database
 
 KINDS = ("mr_author", "diff_note", "review")
 APPROVAL_NOTE = "approved this merge request"  # GitLab's system note for an approval

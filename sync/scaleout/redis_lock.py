@@ -3,7 +3,7 @@
 Both are leases (SET NX PX) that their holder renews, so a holder that dies frees them after the TTL
 with no one having to notice. Every lock taken gets a fencing token from INCR: it only ever grows, so a
 holder whose lease expired (paused, partitioned) can be told apart from the one that holds it now.
-Redis errors become `LockUnavailable`: the callers choose what an outage means (sync/lock.py).
+Redis errors become `LockUnavailable`: the callers choose what an outage means (sync/control/lock.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from sync.lock import LockUnavailable
+from sync.control.lock import LockUnavailable
 
 log = logging.getLogger("lore_gateway.lock")
 

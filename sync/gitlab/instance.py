@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sync.errors import PermanentError, SyncError
-from sync.gitlab import GitLabClient
+from sync.gitlab.client import GitLabClient
 
 DIFFS_SINCE = (15, 7)
 WORK_ITEM_STATUS_SINCE = (17, 8)

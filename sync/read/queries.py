@@ -22,7 +22,7 @@ from typing import Any, Literal
 import orjson
 
 from sync.clock import normalize_time, utc_iso
-from sync.db import Database
+from sync.store.db import Database
 
 JSONObject = dict[str, Any]
 Kind = Literal["issue", "merge_request"]
@@ -322,7 +322,7 @@ async def get_item(db: Database, kind: Kind, project_id: int, iid: int) -> bytes
 
 
 # What serving an item reads: its stored API fragment, and `raw` (GitLab's JSON, ~2 KB a row) only for a
-# row written before fragments were stored. An issue's status (JSON text kept by sync.workitems) is
+# row written before fragments were stored. An issue's status (JSON text kept by sync.ingest.workitems) is
 # spliced in here rather than stored in the fragment, because statuses change apart from the item.
 _SERVED_COLUMNS = {
     "issue": "iid, updated_at, api, CASE WHEN api IS NULL THEN raw END, created_at,"
@@ -441,7 +441,7 @@ def _common(raw: JSONObject, created_at: str, updated_at: str) -> JSONObject:
 def item_fragment(kind: Kind, raw: JSONObject, created_at: str, updated_at: str) -> bytes:
     """An issue's or MR's API JSON (GitLab's field names), without an issue's `work_item_status`.
 
-    sync.mirror stores it when it writes the row; reads splice in the status (see `_served`).
+    sync.ingest.mirror stores it when it writes the row; reads splice in the status (see `_served`).
     """
     item = _common(raw, created_at, updated_at)
     if kind == "merge_request":

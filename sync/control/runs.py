@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 
 from sync.clock import Clock, utc_iso
-from sync.db import Database
 from sync.errors import SyncError
+from sync.store.db import Database
 
 TRIGGERS = ("webhook", "timer", "startup", "manual", "api")
 PROFILES = ("fast", "balanced", "full")

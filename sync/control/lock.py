@@ -4,7 +4,7 @@ The holder refreshes `heartbeat_at` while it works. A lock whose heartbeat is
 older than `sync.stale_lock` belongs to a process that died (kill -9, power
 loss): the next one to ask takes it over, and marks the dead owner's running
 sync as interrupted in the same transaction, so nothing reads a run that claims
-to be running forever. With Redis configured, a lease there (sync.redis_lock) is taken first, for
+to be running forever. With Redis configured, a lease there (sync.scaleout.redis_lock) is taken first, for
 hosts that do not share this database's locks; losing Redis leaves the row as the guard.
 """
 
@@ -21,9 +21,9 @@ from contextlib import asynccontextmanager, suppress
 from typing import Protocol
 
 from sync.clock import Clock
-from sync.db import Database
+from sync.control.runs import mark_interrupted
 from sync.errors import SyncInProgress
-from sync.runs import mark_interrupted
+from sync.store.db import Database
 
 SYNC_LOCK = "sync"
 
@@ -35,7 +35,7 @@ class LockUnavailable(Exception):
 
 
 class DistributedLock(Protocol):
-    """A lease shared beyond this database (sync.redis_lock.RedisLock); raises LockUnavailable."""
+    """A lease shared beyond this database (sync.scaleout.redis_lock.RedisLock); raises LockUnavailable."""
 
     token: int | None
 

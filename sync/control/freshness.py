@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sync.clock import utc_iso
-from sync.db import Database
+from sync.store.db import Database
 
 INTAKE_WINDOW = 3600.0  # the last hour
 INTAKE_BUCKET = 300.0  # five minutes a bar

@@ -25,9 +25,9 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from sync.budget import RequestBudget
 from sync.clock import Clock, SystemClock
 from sync.errors import PermanentError, TransientError
+from sync.gitlab.budget import RequestBudget
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class GitLabClient:
         session: aiohttp.ClientSession | None = None,
         budget: RequestBudget | None = None,
     ) -> None:
-        """`budget` (sync.budget) is taken before every request, retries included; None: no budget, no count."""
+        """`budget` (sync.gitlab.budget) is taken before every request, retries included; None: no budget, no count."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._root = URL(base_url.rstrip("/"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sync.db import BUSY_TIMEOUT_MS
+from sync.store.db import BUSY_TIMEOUT_MS
 
 
 class BackupError(Exception):

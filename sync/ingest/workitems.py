@@ -17,10 +17,10 @@ from typing import Any
 import aiosqlite
 
 from sync.clock import Clock, utc_iso
-from sync.db import Database
 from sync.errors import PermanentError, TransientError
-from sync.gitlab import GitLabClient
-from sync.mirror import bump_versions
+from sync.gitlab.client import GitLabClient
+from sync.ingest.mirror import bump_versions
+from sync.store.db import Database
 
 STAGE = "work_item_status"
 MAX_BATCH = 100  # GitLab's page size limit for a connection

@@ -21,10 +21,17 @@ from redis.exceptions import RedisError
 from sync.clock import Clock
 from sync.config import Config, ConfigError, ensure_data_dir
 from sync.errors import SyncError
-from sync.gitlab import GitLabClient, RetryPolicy
-from sync.hooks import MAINTAINER_NEEDED, HookManager, Manifest, default_hook_url, disabled_fix, health_of
-from sync.instance import Instance, degraded_features, read_instance
-from sync.redis_bus import redis_client
+from sync.gitlab.client import GitLabClient, RetryPolicy
+from sync.gitlab.hooks import (
+    MAINTAINER_NEEDED,
+    HookManager,
+    Manifest,
+    default_hook_url,
+    disabled_fix,
+    health_of,
+)
+from sync.gitlab.instance import Instance, degraded_features, read_instance
+from sync.scaleout.redis_bus import redis_client
 
 SKEW_WARN = 30.0  # seconds
 SKEW_FAIL = 300.0  # the signing-token window is +-5 minutes (docs/api.md, webhooks)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from sync.clock import Clock
-from sync.db import Database
+from sync.store.db import Database
 
 _INSERT = (
     "INSERT INTO webhook_events (id, idempotency_key, event, project_id, kind, iid, received_at, payload)"

@@ -12,18 +12,18 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
-from sync.budget import RequestBudget
-from sync.changes import latest_seq_now
 from sync.clock import Clock
 from sync.config import Config
-from sync.db import Database
+from sync.control.lock import SyncLock, new_owner
+from sync.control.runs import Run, RunLog
 from sync.errors import PermanentError, SyncError, TransientError
 from sync.events import EventBus
-from sync.gitlab import GitLabClient
-from sync.lock import SyncLock, new_owner
-from sync.pipeline import Pipeline, SyncRequest
-from sync.redis_bus import redis_client
-from sync.runs import Run, RunLog
+from sync.gitlab.budget import RequestBudget
+from sync.gitlab.client import GitLabClient
+from sync.ingest.pipeline import Pipeline, SyncRequest
+from sync.read.changes import latest_seq_now
+from sync.scaleout.redis_bus import redis_client
+from sync.store.db import Database
 
 
 class ProgressThrottle:

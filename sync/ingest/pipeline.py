@@ -24,17 +24,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
-from sync import mirror
 from sync.clock import Clock, normalize_time
 from sync.config import EmbeddingsConfig
-from sync.db import Database
-from sync.documents import refresh_documents
-from sync.embeddings import SKIPPED as EMBEDDINGS_SKIPPED
-from sync.embeddings import EmbeddingClient, refresh_embeddings
 from sync.errors import ItemGone, PermanentError, SyncError
-from sync.gitlab import GitLabClient
-from sync.mirror import TABLE, ItemRef, Kind
-from sync.workitems import sync_work_item_status
+from sync.gitlab.client import GitLabClient
+from sync.ingest import mirror
+from sync.ingest.documents import refresh_documents
+from sync.ingest.embeddings import SKIPPED as EMBEDDINGS_SKIPPED
+from sync.ingest.embeddings import EmbeddingClient, refresh_embeddings
+from sync.ingest.mirror import TABLE, ItemRef, Kind
+from sync.ingest.workitems import sync_work_item_status
+from sync.store.db import Database
 
 TargetKind = Literal["issue", "merge_request", "project"]
 Progress = Callable[[str, int, int], Awaitable[None]]
@@ -86,7 +86,7 @@ class Outcome:
 
 
 class Pipeline:
-    """One run's worth of work; `sync.runner` wraps it with the lock and the run record."""
+    """One run's worth of work; `sync.control.runner` wraps it with the lock and the run record."""
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import aiosqlite
 
 from sync.clock import utc_iso
-from sync.db import BUSY_TIMEOUT_MS, Database
+from sync.store.db import BUSY_TIMEOUT_MS, Database
 
 ChangeKind = Literal["issue", "merge_request", "note"]
 Action = Literal["created", "updated", "deleted"]

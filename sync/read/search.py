@@ -15,7 +15,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from sync.db import Database
+from sync.store.db import Database
 
 KINDS = ("issue", "merge_request", "note")
 TITLE_WEIGHT = 10.0

@@ -19,10 +19,10 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from sync.db import Database
 from sync.errors import PermanentError, SyncError, TransientError
-from sync.mirror import bump_versions
-from sync.search import SearchHit
+from sync.ingest.mirror import bump_versions
+from sync.read.search import SearchHit
+from sync.store.db import Database
 
 STAGE = "embeddings"
 MAX_CHARS = 8_000  # of a document's text sent to the model; long bodies say what they are about early on

@@ -16,8 +16,8 @@ import aiosqlite
 import orjson
 
 from sync.clock import normalize_time, parse_time
-from sync.db import Database
-from sync.queries import item_fragment
+from sync.read.queries import item_fragment
+from sync.store.db import Database
 
 Kind = Literal["issue", "merge_request"]
 TABLE: dict[str, str] = {"issue": "issues", "merge_request": "merge_requests"}

@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sync.budget import budget_usage
 from sync.clock import Clock, utc_iso
 from sync.config import Config
-from sync.db import Database
-from sync.freshness import project_freshness, webhook_intake
-from sync.hooks import HealthStore
-from sync.lock import SYNC_LOCK
-from sync.runs import RunLog
+from sync.control.freshness import project_freshness, webhook_intake
+from sync.control.lock import SYNC_LOCK
+from sync.control.runs import RunLog
+from sync.gitlab.budget import budget_usage
+from sync.gitlab.hooks import HealthStore
+from sync.store.db import Database
 
 
 @dataclass(frozen=True)

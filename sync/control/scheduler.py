@@ -17,16 +17,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sync import changes, mirror
-from sync import inbox_queries as inbox
 from sync.clock import Clock, utc_iso
 from sync.config import Config, SyncConfig
-from sync.db import Database
+from sync.control import inbox_queries as inbox
+from sync.control.runs import PROFILES, TRIGGERS, Run
+from sync.control.status import ServiceState, derive_state, read_service_state, sync_status
 from sync.errors import PermanentError, SyncError, SyncInProgress, TransientError
 from sync.events import Event, EventBus
-from sync.pipeline import SyncRequest
-from sync.runs import PROFILES, TRIGGERS, Run
-from sync.status import ServiceState, derive_state, read_service_state, sync_status
+from sync.ingest import mirror
+from sync.ingest.pipeline import SyncRequest
+from sync.read import changes
+from sync.store.db import Database
 
 logger = logging.getLogger(__name__)
 
