@@ -77,11 +77,11 @@ class Result:
 
 def make_mirror(data_dir: Path) -> str:
     """A mirror of one project with ISSUES issues, written through sync.ingest.mirror; returns a read token."""
-    from gateway.simulator import GitLabSimulator
+    from gateway.simulator.gitlab import GitLabSimulator
+    from gateway.tokens import TokenStore, signing_keys
     from sync.clock import SystemClock
     from sync.ingest import mirror
     from sync.store.db import Database
-    from sync.tokens import TokenStore, signing_keys
 
     async def fill() -> str:
         sim = GitLabSimulator(token="bench", seed=11)

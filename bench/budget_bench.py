@@ -27,7 +27,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock
 from sync.config import Config, load_config
 from sync.control.runner import SyncRunner

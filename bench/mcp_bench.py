@@ -46,7 +46,7 @@ WORD = "crash"  # a word the simulator's titles use
 
 
 def make_simulator(items: int) -> Any:
-    from gateway.simulator import GitLabSimulator
+    from gateway.simulator.gitlab import GitLabSimulator
     from tests.conftest import SIM_TOKEN
 
     sim = GitLabSimulator(token=SIM_TOKEN, seed=3, latency=LATENCY)

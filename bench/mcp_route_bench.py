@@ -104,7 +104,7 @@ def add_route_b(app: Any) -> None:
 async def _make_mirror(data_dir: Path, issues: int) -> None:
     from aiohttp.test_utils import TestServer
 
-    from gateway.simulator import GitLabSimulator
+    from gateway.simulator.gitlab import GitLabSimulator
     from sync.clock import SystemClock
     from sync.control.runner import SyncRunner
     from sync.events import EventBus

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.ingest import mirror
 from sync.store.db import Database
 

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._simproc import TOKEN, SimSpec, simulator_process
-from gateway.simulator_profiles import DEFAULT_PROFILE, PROFILES
+from gateway.simulator.profiles import DEFAULT_PROFILE, PROFILES
 from sync.clock import SystemClock
 from sync.config import load_config
 from sync.control.runner import SyncRunner

@@ -21,6 +21,7 @@ from gateway.auth import requires
 from gateway.cache import cache_ctx, conditional_json
 from gateway.http import ApiError, bad_parameter
 from gateway.keys import CONFIG, DB
+from gateway.tokens import signing_keys
 from sync.read import queries
 from sync.read.queries import (
     CursorCodec,
@@ -31,7 +32,6 @@ from sync.read.queries import (
     Kind,
     ThreadKey,
 )
-from sync.tokens import signing_keys
 
 PREFIX = "/api/v1"
 DEFAULT_PER_PAGE = 20

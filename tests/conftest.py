@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.config import Config, load_config
 from sync.store.db import Database
 from tests.skip_policy import pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401

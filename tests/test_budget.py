@@ -13,7 +13,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.auth import TOKENS
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock
 from sync.gitlab.budget import RequestBudget, budget_usage
 from sync.gitlab.client import GitLabClient, RetryPolicy

@@ -16,7 +16,7 @@ import aiohttp
 
 from gateway.app import create_app
 from gateway.server import running
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock, SystemClock
 from sync.control.runner import SyncRunner
 from sync.control.scheduler import Scheduler

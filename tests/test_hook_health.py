@@ -11,7 +11,7 @@ from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.cli.sync_cmds import render_status
 from gateway.keys import CLOCK, DB, SCHEDULER
-from gateway.simulator import GitLabSimulator, Webhook
+from gateway.simulator.gitlab import GitLabSimulator, Webhook
 from sync.config import Config
 from sync.control.runs import RunLog
 from sync.gitlab.client import GitLabClient

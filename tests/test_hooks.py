@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import SystemClock
 from sync.config import Config
 from sync.errors import PermanentError

@@ -106,7 +106,7 @@ async def test_004_moves_issues_and_mrs_to_rowid_tables_keeping_every_row(tmp_pa
     """Rows of a WITHOUT ROWID table over ~1 KB overflow; 004 rebuilds both item tables and must lose nothing."""
     import time
 
-    from gateway.simulator import GitLabSimulator
+    from gateway.simulator.gitlab import GitLabSimulator
     from sync.ingest import mirror
 
     path = tmp_path / "lore.db"

@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.keys import BUS, DB
-from gateway.simulator import TOUCH_INTERVAL, GitLabSimulator
+from gateway.simulator.gitlab import TOUCH_INTERVAL, GitLabSimulator
 from sync.clock import FakeClock, SystemClock
 from sync.control.runner import SyncRunner
 from sync.control.scheduler import Scheduler
@@ -450,7 +450,7 @@ async def test_a_projects_first_sync_counts_as_its_reconcile_so_none_follows_at_
 async def test_a_timer_only_install_reconciles_once_the_interval_has_passed(
     db: Database, tmp_path: Path, age_hours: float, reconcile: bool
 ) -> None:
-    from sync.service import scheduled_attempt
+    from gateway.ops.service import scheduled_attempt
     from tests.test_service import ScriptedRunner, policy_config
 
     clock = FakeClock()

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.cli.base import UsageError
 from gateway.cli.init_cmds import Asker, gather
-from gateway.simulator import PROFILES, GitLabSimulator
+from gateway.simulator.gitlab import PROFILES, GitLabSimulator
 from sync.config import load_config
 from sync.control.doctor import check_config, check_redis
 from tests.conftest import SIM_TOKEN, make_config

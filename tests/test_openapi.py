@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.openapi import PATH, document
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import SystemClock
 from sync.control.runner import SyncRunner
 from sync.events import EventBus

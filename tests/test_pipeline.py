@@ -7,7 +7,7 @@ import time
 import pytest
 from aiohttp import web
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import SystemClock
 from sync.control.runner import SyncRunner
 from sync.events import EventBus

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.store.db import Database
 from tests.conftest import SIM_TOKEN
 from tests.test_gateway_e2e import free_port, wait_for

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock, utc_iso
 from sync.config import Config, load_config
 from sync.control.inbox_queries import InboxEvent, targets_for

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from gateway.simulator import GitLabSimulator
-from gateway.simulator_profiles import DEFAULT_PROFILE
+from gateway.simulator.gitlab import GitLabSimulator
+from gateway.simulator.profiles import DEFAULT_PROFILE
 from sync.clock import FakeClock
 from sync.ingest.workitems import build_query
 

@@ -22,7 +22,7 @@ from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.keys import CONFIG, SCHEDULER
 from gateway.server import running
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import SystemClock
 from sync.config import Config
 from sync.control.runs import RunLog

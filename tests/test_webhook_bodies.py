@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from gateway import webhooks
-from gateway.simulator import GitLabSimulator, Webhook
+from gateway.simulator.gitlab import GitLabSimulator, Webhook
 from sync.clock import FakeClock
 from sync.config import WebhookConfig
 from sync.control import inbox_queries

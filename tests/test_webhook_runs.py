@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.app import create_app
 from gateway.keys import DB
-from gateway.simulator import GitLabSimulator, Webhook
+from gateway.simulator.gitlab import GitLabSimulator, Webhook
 from sync.clock import FakeClock
 from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config

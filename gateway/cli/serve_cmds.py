@@ -18,9 +18,9 @@ from gateway.app import PER_PROCESS_LIMITS, create_app
 from gateway.auth import TOKENS
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
 from gateway.cli.sync_cmds import render_status
-from gateway.demo import DEMO_PROJECTS, Churn, build_simulator
 from gateway.server import ListenError, configure_logging, running, wait_for_stop_signal
-from gateway.simulator_profiles import DEFAULT_PROFILE, PROFILES
+from gateway.simulator.demo import DEMO_PROJECTS, Churn, build_simulator
+from gateway.simulator.profiles import DEFAULT_PROFILE, PROFILES
 from gateway.workers import SupervisorError, serve_workers
 from sync.clock import SystemClock
 from sync.config import Config, config_warnings, ensure_data_dir, load_config

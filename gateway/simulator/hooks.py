@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from gateway.simulator_data import JSON, rest_time
+from gateway.simulator.data import JSON, rest_time
 
 # doc/api/project_webhooks.md: every trigger attribute, with the database default GitLab creates it with.
 TRIGGERS: dict[str, bool] = {

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import orjson
 
+from gateway.ops.commands import CommandNotFound, CommandRunner, CommandTimeout
 from sync.clock import Clock
-from sync.commands import CommandNotFound, CommandRunner, CommandTimeout
 from sync.config import ENV_PREFIX, Config, ConfigError, config_warnings
 from sync.control import inbox_queries as inbox
 from sync.control.runs import Run
@@ -49,10 +49,10 @@ SYSTEM_ENV_DIR = Path("/etc/lore-gateway")
 
 
 def _template_dir() -> Path:
-    """systemd/ of a source checkout, or its copy inside the wheel (force-included as sync/systemd)."""
+    """systemd/ of a source checkout, or its copy inside the wheel (force-included as gateway/ops/systemd)."""
     here = Path(__file__).resolve().parent
     packaged = here / "systemd"
-    return packaged if packaged.is_dir() else here.parent / "systemd"
+    return packaged if packaged.is_dir() else here.parent.parent / "systemd"
 
 
 TEMPLATE_DIR = _template_dir()

@@ -14,8 +14,8 @@ import secrets
 
 import aiohttp
 
-from gateway.simulator import GitLabSimulator
-from gateway.simulator_profiles import DEFAULT_PROFILE
+from gateway.simulator.gitlab import GitLabSimulator
+from gateway.simulator.profiles import DEFAULT_PROFILE
 
 log = logging.getLogger("lore_gateway.demo")
 

@@ -2,9 +2,9 @@
 
 It serves the slice of GitLab's REST API the sync engine reads (projects, issues, MRs, discussions, diffs)
 with GitLab's pagination headers, auth, rate-limit headers and error bodies, as the chosen version profile
-(gateway/simulator_profiles.py) serves them, and returns a webhook for each
+(gateway/simulator/profiles.py) serves them, and returns a webhook for each
 change it is told to make. Latency, faults and counting live in one middleware, so a client sees them as it
-would from a real server. Generated data lives in `simulator_data`.
+would from a real server. Generated data lives in `gateway.simulator.data`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import web
 
-from gateway.simulator_data import (
+from gateway.simulator.data import (
     JSON,
     STATE_IDS,
     DataFactory,
@@ -48,8 +48,8 @@ from gateway.simulator_data import (
     rest_time,
     ruby_time,
 )
-from gateway.simulator_hooks import SimulatedHooks, SimulatedToken
-from gateway.simulator_profiles import DEFAULT_PROFILE, PROFILES, StatusWidget, VersionProfile, profile_named
+from gateway.simulator.hooks import SimulatedHooks, SimulatedToken
+from gateway.simulator.profiles import DEFAULT_PROFILE, PROFILES, StatusWidget, VersionProfile, profile_named
 from sync.clock import Clock, SystemClock
 
 __all__ = ["DEFAULT_PROFILE", "GITLAB_VERSION", "PROFILES", "GitLabSimulator", "GraphQLBatch", "Project",
@@ -253,7 +253,7 @@ class GitLabSimulator:
                  latency: float = 0.0, base_url: str = "http://gitlab.sim",
                  touch_interval: float = TOUCH_INTERVAL, gitlab_version: str = DEFAULT_PROFILE) -> None:
         """`touch_interval`: GitLab's throttled touch of a note's parent (0 = every note moves updated_at).
-        `gitlab_version` names a profile of gateway.simulator_profiles (ValueError for an unknown one)."""
+        `gitlab_version` names a profile of gateway.simulator.profiles (ValueError for an unknown one)."""
         self.profile: VersionProfile = profile_named(gitlab_version)
         self.token = token
         self.touch_interval = touch_interval
