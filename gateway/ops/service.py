@@ -29,11 +29,10 @@ from sync.clock import Clock
 from sync.config import ENV_PREFIX, Config, ConfigError, config_warnings
 from sync.control import inbox_queries as inbox
 from sync.control.runs import Run
-from sync.control.scheduler import SyncRunnerLike, reconcile_due_at, record_failure, record_success
+from sync.control.scheduler import SyncRunnerLike, failure_of, reconcile_due_at, settle_run
 from sync.control.status import ServiceState, read_service_state
-from sync.errors import PermanentError, SyncError, SyncInProgress, TransientError
+from sync.errors import SyncError, SyncInProgress
 from sync.ingest.pipeline import SyncRequest
-from sync.read import changes
 from sync.store.db import Database
 
 DAEMON_UNIT = "lore-gateway.service"
@@ -933,32 +932,9 @@ async def scheduled_attempt(
         return Attempt("sync_in_progress", state)  # that run records its own outcome
     except SyncError as error:
         outcome = error
-    await _settle(db, clock, config, rng, outcome, [e.id for e in events])
+    await settle_run(db, clock.now(), config, rng, outcome, [e.id for e in events])
     state = await read_service_state(db)
     if isinstance(outcome, Run) and outcome.status == "succeeded":
         return Attempt(None, state, outcome)
-    error = outcome if isinstance(outcome, SyncError) else _failure_of(outcome)
+    error = outcome if isinstance(outcome, SyncError) else failure_of(outcome)
     return Attempt(None, state, outcome if isinstance(outcome, Run) else None, error)
-
-
-async def _settle(
-    db: Database, clock: Clock, config: Config, rng: random.Random, outcome: Run | SyncError, event_ids: list[int]
-) -> None:
-    now = clock.now()
-    async with db.transaction() as conn:
-        if isinstance(outcome, Run) and outcome.status == "succeeded":
-            # An incremental pass covers every event that was pending when it started.
-            await inbox.mark_processed(conn, event_ids, outcome.id, now)
-            await inbox.purge_processed(conn, now - config.webhook.retention)
-            await changes.prune(conn, now - config.changes.retention)
-            await record_success(conn, now)
-        else:
-            error = outcome if isinstance(outcome, SyncError) else _failure_of(outcome)
-            await record_failure(conn, now, error, config.sync, rng)
-
-
-def _failure_of(run: Run) -> SyncError:
-    code = run.error_code or "sync_failed"
-    message = run.error_message or f"the run ended {run.status}"
-    # As in the scheduler: pausing needs a person, so it needs a run that says the failure is permanent.
-    return PermanentError(code, message) if run.transient is False else TransientError(code, message)

@@ -111,11 +111,34 @@ async def reconcile_due_at(db: Database, config: Config) -> float | None:
     return None if since is None else since + config.sync.reconcile_interval
 
 
-def _failure_of(run: Run) -> SyncError:
+def failure_of(run: Run) -> SyncError:
+    """The error a run that did not succeed stands for."""
     code = run.error_code or "sync_failed"
     message = run.error_message or f"the run ended {run.status}"
     # A run that does not say is retried, not paused: pausing needs a person, so it needs a reason.
     return PermanentError(code, message) if run.transient is False else TransientError(code, message)
+
+
+async def settle_run(
+    db: Database, now: float, config: Config, rng: random.Random, outcome: Run | SyncError, event_ids: list[int]
+) -> SyncError | None:
+    """The post-run policy, the one `serve`'s scheduler and the systemd timer's attempt both apply.
+
+    On success: mark the events captured before the run, purge old ones and prune the change feed, and
+    clear the backoff. On failure: back off or pause (returned, for the caller to report). CLI `sync`
+    settles nothing on purpose: a one-off run by hand neither consumes webhook events nor moves the
+    service's backoff (docs/architecture.md).
+    """
+    async with db.transaction() as conn:
+        if isinstance(outcome, Run) and outcome.status == "succeeded":
+            await inbox.mark_processed(conn, event_ids, outcome.id, now)
+            await inbox.purge_processed(conn, now - config.webhook.retention)
+            await changes.prune(conn, now - config.changes.retention)
+            await record_success(conn, now)
+            return None
+        error = outcome if isinstance(outcome, SyncError) else failure_of(outcome)
+        await record_failure(conn, now, error, config.sync, rng)
+        return error
 
 
 # -- the scheduler's memory between passes --------------------------------------------------------------
@@ -461,17 +484,9 @@ class Scheduler:
 
     async def _settle(self, outcome: Run | SyncError, event_ids: list[int]) -> None:
         """On success mark the captured events and prune old ones; on failure back off or pause."""
-        now = self._clock.now()
-        async with self._db.transaction() as conn:
-            if isinstance(outcome, Run) and outcome.status == "succeeded":
-                await inbox.mark_processed(conn, event_ids, outcome.id, now)
-                await inbox.purge_processed(conn, now - self._config.webhook.retention)
-                await changes.prune(conn, now - self._config.changes.retention)
-                await record_success(conn, now)
-            else:
-                error = outcome if isinstance(outcome, SyncError) else _failure_of(outcome)
-                logger.warning("scheduler: sync failed: %s: %s", error.code, error.message)
-                await record_failure(conn, now, error, self._config.sync, self._rng)
+        error = await settle_run(self._db, self._clock.now(), self._config, self._rng, outcome, event_ids)
+        if error is not None:
+            logger.warning("scheduler: sync failed: %s: %s", error.code, error.message)
         self._service = await read_service_state(self._db)
         self._last_pass = await last_incremental_success(self._db)
         await self._read_reconcile_state()
