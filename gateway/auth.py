@@ -17,7 +17,7 @@ from aiohttp import web
 from gateway.http import ApiError, Handler, json_response
 from gateway.keys import CLOCK, CONFIG, DB
 from gateway.tokens import SCOPES, Principal, TokenStore, UnknownToken, signing_keys
-from sync.clock import utc_iso
+from sync import utc_iso
 
 TOKENS = web.AppKey("tokens", TokenStore)
 PRINCIPAL = web.RequestKey("principal", Principal)  # the caller, set by @requires

@@ -15,7 +15,7 @@ from gateway.auth import requires
 from gateway.cache import matches
 from gateway.http import ApiError, bad_parameter, json_body
 from gateway.keys import DB
-from sync.read.changes import DEFAULT_LIMIT, MAX_LIMIT, CursorExpired, InvalidChangeCursor, read_changes
+from sync import DEFAULT_LIMIT, MAX_LIMIT, CursorExpired, InvalidChangeCursor, read_changes
 
 PATH = "/api/v1/changes"
 

@@ -15,8 +15,7 @@ from aiohttp import web
 
 from gateway.http import error_response, json_response
 from gateway.keys import CLOCK, CONFIG, DB
-from sync.clock import Clock
-from sync.store.db import Database
+from sync import Clock, Database
 
 READY_TTL = 1.0  # seconds a readiness answer is reused
 

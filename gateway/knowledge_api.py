@@ -19,10 +19,16 @@ from aiohttp import web
 from gateway.auth import requires
 from gateway.http import ApiError, bad_parameter, json_body
 from gateway.keys import CLOCK, CONFIG, DB
-from sync.errors import SyncError
-from sync.ingest.embeddings import EmbeddingClient, VectorIndex
-from sync.read.experts import find_experts, project_exists
-from sync.read.search import KINDS, SearchQueryError, search
+from sync import (
+    KINDS,
+    EmbeddingClient,
+    SearchQueryError,
+    SyncError,
+    VectorIndex,
+    find_experts,
+    project_exists,
+    search,
+)
 
 EMBEDDER = web.AppKey("embedder", EmbeddingClient)
 VECTORS = web.AppKey("vectors", VectorIndex)

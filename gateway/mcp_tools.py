@@ -15,14 +15,26 @@ from typing import Any
 
 import orjson
 
-from sync.clock import Clock
-from sync.config import Config
-from sync.read import changes, queries
-from sync.read.experts import find_experts, resolve_project
-from sync.read.queries import CursorCodec, InvalidCursor, InvalidFilter, ItemFilters, ItemKey, Kind, ThreadKey
-from sync.read.search import KINDS as SEARCH_KINDS
-from sync.read.search import RANK_WINDOW, SearchQueryError, search
-from sync.store.db import Database
+from sync import KINDS as SEARCH_KINDS
+from sync import (
+    RANK_WINDOW,
+    Clock,
+    Config,
+    CursorCodec,
+    Database,
+    InvalidCursor,
+    InvalidFilter,
+    ItemFilters,
+    ItemKey,
+    Kind,
+    SearchQueryError,
+    ThreadKey,
+    changes,
+    find_experts,
+    queries,
+    resolve_project,
+    search,
+)
 
 CHARS_PER_TOKEN = 4
 DEFAULT_LIMIT = 20

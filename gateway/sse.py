@@ -24,9 +24,7 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from gateway.auth import PRINCIPAL, requires
 from gateway.http import ApiError
 from gateway.keys import BUS, CLOCK, CONFIG, DB, SCHEDULER
-from sync.config import GatewayConfig
-from sync.control.status import read_service_state, sync_status
-from sync.events import Event, EventBus, Subscription
+from sync import Event, EventBus, GatewayConfig, Subscription, read_service_state, sync_status
 
 PATH = "/api/v1/events"
 _MAX_ID_DIGITS = 18  # anything longer is no id of ours (and int() of a huge string is slow)

@@ -18,10 +18,7 @@ from gateway.auth import requires
 from gateway.cache import CACHE_CONTROL, matches
 from gateway.http import ApiError, bad_parameter, json_body, json_response
 from gateway.keys import CLOCK, CONFIG, DB, SCHEDULER
-from sync.control.runs import PROFILES, RunLog
-from sync.control.scheduler import resume_service
-from sync.control.status import sync_status
-from sync.errors import PermanentError
+from sync import PROFILES, PermanentError, RunLog, resume_service, sync_status
 
 RUNS_DEFAULT_LIMIT = 20
 RUNS_MAX_LIMIT = 100

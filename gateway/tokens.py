@@ -24,9 +24,7 @@ from typing import Any
 import orjson
 from itsdangerous import BadData, Serializer, URLSafeSerializer, URLSafeTimedSerializer
 
-from sync.clock import Clock, utc_iso
-from sync.config import MIN_SECRET_BYTES, Config, ConfigError, short_secret
-from sync.store.db import Database
+from sync import MIN_SECRET_BYTES, Clock, Config, ConfigError, Database, short_secret, utc_iso
 
 log = logging.getLogger("lore_gateway.tokens")
 

@@ -30,8 +30,7 @@ from gateway import ratelimit
 from gateway.http import ApiError, json_response
 from gateway.keys import BUS, CLOCK, CONFIG, DB
 from gateway.proxies import client_address
-from sync.config import WebhookConfig
-from sync.control.inbox import Accepted, Inbox, InboxError, InboxEvent
+from sync import Accepted, Inbox, InboxError, InboxEvent, WebhookConfig
 
 log = logging.getLogger("lore_gateway.webhooks")
 

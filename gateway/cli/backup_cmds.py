@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.base import CommandFailed, Context, json_flag
-from sync.store.backup import BackupError, backup_database
+from sync import BackupError, backup_database
 
 
 def register(commands: Any) -> None:

@@ -9,8 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from sync.config import Config, ensure_data_dir
-from sync.store.db import Database
+from sync import Config, Database, ensure_data_dir
 
 
 class UsageError(Exception):

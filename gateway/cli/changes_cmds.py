@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
-from sync.read.changes import (
+from sync import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     Change,
     CursorExpired,
     InvalidChangeCursor,
+    project_paths,
     read_changes,
 )
-from sync.read.search import project_paths
 
 _REFERENCE = {"issue": "#", "merge_request": "!"}  # GitLab's own reference style: group/project#12, !7
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.cli.base import CommandFailed, Context, json_flag
-from sync.clock import SystemClock
-from sync.control.doctor import FAIL, OK, Check, run_checks
+from sync import FAIL, OK, Check, SystemClock, run_checks
 
 
 def register(commands: Any) -> None:

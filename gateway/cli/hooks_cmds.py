@@ -13,20 +13,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.cli.base import Context, UsageError, json_flag
-from sync.clock import SystemClock
-from sync.config import ensure_data_dir
-from sync.gitlab.client import GitLabClient
-from sync.gitlab.hooks import (
+from sync import (
+    GitLabClient,
     HealthStore,
     HookManager,
     HookResult,
     Manifest,
+    SystemClock,
     default_hook_url,
     disabled_message,
+    ensure_data_dir,
     health_of,
+    read_instance,
     wanted_hook,
 )
-from sync.gitlab.instance import read_instance
 
 _URL_HELP = ("the URL GitLab posts to (default: webhook.url, else "
              "http://<gateway.host>:<gateway.port>/webhooks/gitlab)")

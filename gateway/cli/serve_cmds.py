@@ -22,11 +22,16 @@ from gateway.server import ListenError, configure_logging, running, wait_for_sto
 from gateway.simulator.demo import DEMO_PROJECTS, Churn, build_simulator
 from gateway.simulator.profiles import DEFAULT_PROFILE, PROFILES
 from gateway.workers import SupervisorError, serve_workers
-from sync.clock import SystemClock
-from sync.config import Config, config_warnings, ensure_data_dir, load_config
-from sync.control.scheduler import resume_service
-from sync.control.status import sync_status
-from sync.store.mounts import refuse_network_data_dir
+from sync import (
+    Config,
+    SystemClock,
+    config_warnings,
+    ensure_data_dir,
+    load_config,
+    refuse_network_data_dir,
+    resume_service,
+    sync_status,
+)
 
 
 def register(commands: Any) -> None:

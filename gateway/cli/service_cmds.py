@@ -42,11 +42,7 @@ from gateway.ops.service import (
     scheduled_attempt,
     service_status,
 )
-from sync.clock import SystemClock, utc_iso
-from sync.config import parse_duration
-from sync.control.runner import SyncRunner
-from sync.control.runs import PROFILES
-from sync.events import EventBus
+from sync import PROFILES, EventBus, SyncRunner, SystemClock, parse_duration, utc_iso
 
 # The seam tests replace: every systemctl call goes through the runner this returns.
 RUNNER_FACTORY: Callable[[], CommandRunner] = SubprocessRunner

@@ -9,14 +9,17 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any, TextIO
 
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
-from sync.clock import SystemClock
-from sync.config import ensure_data_dir
-from sync.control.runner import SyncRunner
-from sync.control.runs import PROFILES, Run
-from sync.control.status import sync_status
-from sync.events import EventBus
-from sync.ingest.pipeline import SyncRequest
-from sync.store.db import migrate
+from sync import (
+    PROFILES,
+    EventBus,
+    Run,
+    SyncRequest,
+    SyncRunner,
+    SystemClock,
+    ensure_data_dir,
+    migrate,
+    sync_status,
+)
 
 
 def register(commands: Any) -> None:

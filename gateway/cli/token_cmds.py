@@ -11,9 +11,7 @@ from typing import Any
 
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
 from gateway.tokens import SCOPES, BadTokenRequest, TokenInfo, TokenStore, UnknownToken, signing_keys
-from sync.clock import SystemClock, utc_iso
-from sync.config import ConfigError, parse_duration
-from sync.store.db import Database
+from sync import ConfigError, Database, SystemClock, parse_duration, utc_iso
 
 
 def register(commands: Any) -> None:

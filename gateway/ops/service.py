@@ -25,15 +25,25 @@ from typing import Any, Literal
 import orjson
 
 from gateway.ops.commands import CommandNotFound, CommandRunner, CommandTimeout
-from sync.clock import Clock
-from sync.config import ENV_PREFIX, Config, ConfigError, config_warnings
-from sync.control import inbox_queries as inbox
-from sync.control.runs import Run
-from sync.control.scheduler import SyncRunnerLike, failure_of, reconcile_due_at, settle_run
-from sync.control.status import ServiceState, read_service_state
-from sync.errors import SyncError, SyncInProgress
-from sync.ingest.pipeline import SyncRequest
-from sync.store.db import Database
+from sync import (
+    ENV_PREFIX,
+    Clock,
+    Config,
+    ConfigError,
+    Database,
+    Run,
+    ServiceState,
+    SyncError,
+    SyncInProgress,
+    SyncRequest,
+    SyncRunnerLike,
+    config_warnings,
+    failure_of,
+    pending_rows,
+    read_service_state,
+    reconcile_due_at,
+    settle_run,
+)
 
 DAEMON_UNIT = "lore-gateway.service"
 SYNC_UNIT = "lore-gateway-sync.service"
@@ -922,7 +932,7 @@ async def scheduled_attempt(
         return Attempt("paused", state)
     if state.next_retry_at is not None and state.next_retry_at > clock.now():
         return Attempt("backoff", state)
-    events = await inbox.pending_rows(db)
+    events = await pending_rows(db)
     reconcile_at = await reconcile_due_at(db, config)
     request = SyncRequest(trigger="timer", profile=config.sync.profile,
                           reconcile=reconcile_at is not None and reconcile_at <= clock.now())

@@ -50,7 +50,7 @@ from gateway.simulator.data import (
 )
 from gateway.simulator.hooks import SimulatedHooks, SimulatedToken
 from gateway.simulator.profiles import DEFAULT_PROFILE, PROFILES, StatusWidget, VersionProfile, profile_named
-from sync.clock import Clock, SystemClock
+from sync import Clock, SystemClock
 
 __all__ = ["DEFAULT_PROFILE", "GITLAB_VERSION", "PROFILES", "GitLabSimulator", "GraphQLBatch", "Project",
            "VersionProfile", "Webhook", "WorkItemsGraphQL", "sign_webhook"]
