@@ -39,7 +39,7 @@ RETRY_AFTER_FULL = 10
 class StreamSettings:
     queue_size: int = 256  # events a client may lag behind before it is cut off
     send_timeout: float = 10.0  # a write that blocks this long means the client stopped reading
-    ping_interval: float = 15.0  # heartbeat comments; DESIGN.md promises at least every 15 s
+    ping_interval: float = 15.0  # heartbeat comments; docs/api.md "Live events" promises at least every 15 s
     max_clients: int = GatewayConfig.max_sse_clients  # open streams in this process; beyond: 503
     max_per_token: int = GatewayConfig.max_sse_per_token  # open streams per token; beyond: 429
 

@@ -26,7 +26,7 @@ _NO_SCHEDULER = "this gateway runs without a scheduler and starts no syncs; use 
 
 
 async def status_document(app: web.Application) -> dict[str, Any]:
-    """The DESIGN.md status document: the live scheduler's view, or the database's without one."""
+    """The status document (docs/api.md "Sync"): the live scheduler's view, or the database's without one."""
     scheduler = app.get(SCHEDULER)
     if scheduler is not None:
         return await scheduler.status()

@@ -36,7 +36,7 @@ from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config
 
 # Documented routes that no module registers yet, as ("METHOD", "/path"): empty now that every route of
-# DESIGN.md has landed. A route documented ahead of its handler goes here until it lands; the test below
+# docs/api.md has landed. A route documented ahead of its handler goes here until it lands; the test below
 # fails for an entry that has become registered, so the list cannot go stale.
 NOT_YET_REGISTERED: set[tuple[str, str]] = set()
 METHODS = ("get", "post", "put", "patch", "delete")

@@ -185,7 +185,7 @@ class _Plan:
 
 
 class Scheduler:
-    """Owns the loop that decides when `serve` syncs; see DESIGN.md "Sync semantics"."""
+    """Owns the loop that decides when `serve` syncs; see docs/architecture.md "Following one webhook"."""
 
     def __init__(
         self,
@@ -303,7 +303,7 @@ class Scheduler:
         return derive_state(self._service, running=False, debouncing=debouncing, now=self._clock.now())
 
     async def status(self) -> dict[str, Any]:
-        """The DESIGN.md status document, with the live scheduler's debounce and next run."""
+        """The status document (docs/api.md "Sync"), with the live scheduler's debounce and next run."""
         document = await sync_status(
             self._db, self._clock, self._config,
             debouncing=self.state == "debouncing", next_run_at=self._next_run_at(),

@@ -64,7 +64,7 @@ async def sync_status(
     next_run_at: float | None = None,
     recent: int = 5,
 ) -> dict[str, Any]:
-    """The DESIGN.md status document (plus `sync_enabled` and `warnings`)."""
+    """The status document of docs/api.md "Sync" (plus `sync_enabled` and `warnings`)."""
     runs = RunLog(db, clock)
     state = await read_service_state(db)
     now = clock.now()
