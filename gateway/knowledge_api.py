@@ -21,6 +21,7 @@ from gateway.http import ApiError, bad_parameter, json_body
 from gateway.keys import CLOCK, CONFIG, DB
 from sync import (
     KINDS,
+    MAX_ID,
     EmbeddingClient,
     SearchQueryError,
     SyncError,
@@ -37,7 +38,6 @@ DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
 MAX_QUERY_CHARS = 1_000
 MODES = ("text", "semantic")
-MAX_ID = 2**63 - 1  # SQLite's largest integer: anything above cannot name a row
 MAX_OFFSET = 1_000_000  # no one pages a relevance list this far; it keeps OFFSET sane
 
 

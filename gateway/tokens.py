@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 from itsdangerous import BadData, Serializer, URLSafeSerializer, URLSafeTimedSerializer
 
-from sync import MIN_SECRET_BYTES, Clock, Config, ConfigError, Database, short_secret, utc_iso
+from sync import MAX_ID, MIN_SECRET_BYTES, Clock, Config, ConfigError, Database, short_secret, utc_iso
 
 log = logging.getLogger("lore_gateway.tokens")
 
@@ -44,7 +44,6 @@ RANDOM_BYTES = 16  # 128 bits per token
 _MAX_TEXT = 4096  # longer input is not one of ours: refuse it before any work
 _MAX_NAME = 200
 _MAX_TTL = 100 * 365 * 86400.0
-_MAX_ID = 2**63 - 1  # SQLite's INTEGER range
 _MAX_REMEMBERED = 4096  # verified token texts kept in memory
 _ROW_COLUMNS = "id, name, scopes, secret_hash, expires_at, revoked_at"
 _INFO_COLUMNS = "id, name, scopes, created_at, expires_at, revoked_at, last_used_at, random_bits"
@@ -263,7 +262,7 @@ def _claims(payload: dict[str, Any] | None) -> _Claims | None:
     if payload is None:
         return None
     token_id, scopes = payload.get("id"), payload.get("s")
-    if type(token_id) is not int or not 1 <= token_id <= _MAX_ID or not isinstance(scopes, list):
+    if type(token_id) is not int or not 1 <= token_id <= MAX_ID or not isinstance(scopes, list):
         return None
     expires_at = payload.get("exp")
     if expires_at is not None and (type(expires_at) not in (int, float) or not math.isfinite(expires_at)):
@@ -326,7 +325,7 @@ class TokenStore:
 
     async def revoke(self, token_id: int) -> TokenInfo:
         """Revoke at once; revoking twice keeps the first time. UnknownToken if there is no such id."""
-        if not 1 <= token_id <= _MAX_ID:
+        if not 1 <= token_id <= MAX_ID:
             raise UnknownToken(token_id)
         async with self._db.transaction() as conn:
             await conn.execute(

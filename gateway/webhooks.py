@@ -30,13 +30,12 @@ from gateway import ratelimit
 from gateway.http import ApiError, json_response
 from gateway.keys import BUS, CLOCK, CONFIG, DB
 from gateway.proxies import client_address
-from sync import Accepted, Inbox, InboxError, InboxEvent, WebhookConfig
+from sync import MAX_ID, Accepted, Inbox, InboxError, InboxEvent, WebhookConfig
 
 log = logging.getLogger("lore_gateway.webhooks")
 
 PATH = "/webhooks/gitlab"
 TIMESTAMP_TOLERANCE = 5 * 60  # seconds either side of now (Standard Webhooks)
-_MAX_ID = 2**63 - 1  # SQLite's INTEGER
 Body = bytes | bytearray  # the raw body as read: one buffer, never copied to hand it on
 
 
@@ -259,7 +258,7 @@ def _text(value: object) -> str:
 
 
 def _positive_int(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_ID:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID:
         return value
     return None
 

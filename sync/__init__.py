@@ -12,6 +12,7 @@ from sync.config import (
     CONFIG_ENV,
     ENV_PREFIX,
     MIN_SECRET_BYTES,
+    SYNC_DISABLED,
     Config,
     ConfigError,
     GatewayConfig,
@@ -64,8 +65,16 @@ from sync.read.changes import (
     InvalidChangeCursor,
     read_changes,
 )
-from sync.read.experts import Expert, find_experts, mirrored_projects, project_exists, resolve_project
-from sync.read.queries import CursorCodec, InvalidCursor, InvalidFilter, ItemFilters, ItemKey, Kind, ThreadKey
+from sync.read.experts import Expert, find_experts, mirrored_projects, resolve_project
+from sync.read.queries import (
+    CursorCodec,
+    InvalidCursor,
+    InvalidFilter,
+    ItemFilters,
+    ItemKey,
+    ThreadKey,
+    project_exists,
+)
 from sync.read.search import (
     KINDS,
     MARK_CLOSE,
@@ -78,11 +87,12 @@ from sync.read.search import (
 )
 from sync.scaleout.redis_bus import DEFAULT_PREFIX, RedisEventBus, redis_client
 from sync.scaleout.redis_lock import LeaderLease, RedisLock
-from sync.store.backup import BackupError, backup_database
+from sync.store.backup import BackupError, backup_database, fsync_dir
 from sync.store.db import Database, migrate
 from sync.store.migrations import MigrationError
 from sync.store.mounts import refuse_network_data_dir
 from sync.store.versions import DataVersions, VersionKey
+from sync.types import MAX_ID, Kind, Progress
 
 __all__ = [
     "CONFIG_ENV",
@@ -93,11 +103,13 @@ __all__ = [
     "KINDS",
     "MARK_CLOSE",
     "MARK_OPEN",
+    "MAX_ID",
     "MAX_LIMIT",
     "MIN_SECRET_BYTES",
     "OK",
     "PROFILES",
     "RANK_WINDOW",
+    "SYNC_DISABLED",
     "Accepted",
     "BackupError",
     "Change",
@@ -132,6 +144,7 @@ __all__ = [
     "Manifest",
     "MigrationError",
     "PermanentError",
+    "Progress",
     "RedisEventBus",
     "RedisLock",
     "RequestBudget",
@@ -160,6 +173,7 @@ __all__ = [
     "ensure_data_dir",
     "failure_of",
     "find_experts",
+    "fsync_dir",
     "health_of",
     "load_config",
     "migrate",

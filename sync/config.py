@@ -47,6 +47,10 @@ def _default_data_dir() -> Path:
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# What every surface says when `gitlab.enabled` is false (CLI, status, /readyz, the scheduler, the runner).
+SYNC_DISABLED = "sync is disabled until gitlab.url and a token are set"
+
+
 @dataclass(frozen=True)
 class GitLabConfig:
     url: str | None = None
@@ -59,7 +63,7 @@ class GitLabConfig:
 
     @property
     def enabled(self) -> bool:
-        """Sync needs both a GitLab URL and a token; without them the gateway only serves."""
+        """Sync needs both a GitLab URL and a token; without them the gateway only serves (SYNC_DISABLED)."""
         return bool(self.url and self.token)
 
 

@@ -11,6 +11,7 @@ from gateway.cli.sync_cmds import render_status
 from gateway.server import configure_logging, wait_for_stop_signal
 from gateway.workers import SupervisorError, serve_workers
 from sync import (
+    SYNC_DISABLED,
     SystemClock,
     config_warnings,
     ensure_data_dir,
@@ -50,7 +51,7 @@ async def cmd_serve(ctx: Context) -> None:
     async with listening(app, config.gateway.host, config.gateway.port) as url:
         ctx.err(f"lore-gateway: serving on {url} (data in {config.gateway.data_dir})")
         if not config.gitlab.enabled:
-            ctx.err("lore-gateway: sync is disabled until gitlab.url and a token are set")
+            ctx.err(f"lore-gateway: {SYNC_DISABLED}")
         await wait_for_stop_signal()
     ctx.err("lore-gateway: stopped")
 
@@ -60,7 +61,7 @@ async def _serve_workers(ctx: Context, workers: int) -> None:
     if not config.redis.url:
         ctx.err(f"lore-gateway: {PER_PROCESS_LIMITS}; sync runs stay single through the database lock")
     if not config.gitlab.enabled:
-        ctx.err("lore-gateway: sync is disabled until gitlab.url and a token are set")
+        ctx.err(f"lore-gateway: {SYNC_DISABLED}")
     try:
         await serve_workers(config, workers, ctx.err)
     except SupervisorError as exc:

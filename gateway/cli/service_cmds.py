@@ -42,7 +42,7 @@ from gateway.ops.service import (
     scheduled_attempt,
     service_status,
 )
-from sync import PROFILES, EventBus, SyncRunner, SystemClock, parse_duration, utc_iso
+from sync import PROFILES, SYNC_DISABLED, EventBus, SyncRunner, SystemClock, parse_duration, utc_iso
 
 # The seam tests replace: every systemctl call goes through the runner this returns.
 RUNNER_FACTORY: Callable[[], CommandRunner] = SubprocessRunner
@@ -316,7 +316,7 @@ def _skip_reason(attempt: Attempt) -> str:
         "paused": f"the scheduler is paused ({state.paused_reason}); run `lore-gateway resume` once fixed",
         "backoff": f"backing off after {state.consecutive_failures} failures until {utc_iso(state.next_retry_at)}",
         "sync_in_progress": "another sync is running",
-        "sync_disabled": "sync is disabled until gitlab.url and a token are set",
+        "sync_disabled": SYNC_DISABLED,
     }[attempt.skipped or ""]
 
 

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
 from sync import (
     PROFILES,
+    SYNC_DISABLED,
     EventBus,
     Run,
     SyncRequest,
@@ -56,8 +57,7 @@ async def cmd_sync(ctx: Context) -> dict[str, Any]:
     args, config = ctx.args, ctx.config
     if not config.gitlab.enabled:
         raise UsageError(
-            "sync is disabled until gitlab.url and a token are set (gitlab.token_file or "
-            "LORE_GATEWAY_GITLAB_TOKEN)"
+            f"{SYNC_DISABLED} (gitlab.token_file or LORE_GATEWAY_GITLAB_TOKEN)"
         )
     request = SyncRequest(
         trigger="manual",

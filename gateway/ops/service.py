@@ -27,6 +27,7 @@ import orjson
 from gateway.ops.commands import CommandNotFound, CommandRunner, CommandTimeout
 from sync import (
     ENV_PREFIX,
+    SYNC_DISABLED,
     Clock,
     Config,
     ConfigError,
@@ -39,6 +40,7 @@ from sync import (
     SyncRunnerLike,
     config_warnings,
     failure_of,
+    fsync_dir,
     pending_rows,
     read_service_state,
     reconcile_due_at,
@@ -697,15 +699,7 @@ def write_atomic(path: Path, content: bytes, mode: int) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 # --- warnings about the environment the service will run in -------------------------------------
@@ -730,7 +724,7 @@ def install_warnings(spec: ServiceSpec, config: Config) -> list[str]:
     if spec.config_path is not None:
         notes += _config_file_notes(spec, spec.config_path)
     if not config.gitlab.enabled:
-        notes.append("sync is disabled until gitlab.url and a token are set (the service will only serve)")
+        notes.append(f"{SYNC_DISABLED} (the service will only serve)")
     notes += config_warnings(config)  # weak secrets: the install is when to replace them
     return notes
 

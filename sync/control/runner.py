@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from sync.clock import Clock
-from sync.config import Config
+from sync.config import SYNC_DISABLED, Config
 from sync.control.lock import SyncLock, new_owner
 from sync.control.runs import Run, RunLog
 from sync.errors import PermanentError, SyncError, TransientError
@@ -69,7 +69,7 @@ class SyncRunner:
         """Run now; raises SyncInProgress when another run holds the lock (unless `wait`)."""
         if not self._config.gitlab.enabled:
             raise PermanentError(
-                "gitlab_not_configured", "sync is disabled until gitlab.url and a token are set"
+                "gitlab_not_configured", SYNC_DISABLED
             )
         async with self.lock.held(wait=wait):
             run_id = await self.runs.start(request.trigger, request.profile, self.owner)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sync.clock import Clock, utc_iso
-from sync.config import Config, SyncConfig
+from sync.config import SYNC_DISABLED, Config, SyncConfig
 from sync.control import inbox_queries as inbox
 from sync.control.runs import PROFILES, TRIGGERS, Run
 from sync.control.status import ServiceState, derive_state, read_service_state, sync_status
@@ -40,7 +40,6 @@ STATE_WATCH = 0.5
 MIN_IN_PROGRESS_RETRY = 1.0
 # Among triggers due at once, the run is named after the first; any but "webhook" makes it incremental.
 _AUTOMATIC_ORDER = ("startup", "timer", "webhook")
-_DISABLED = "sync is disabled until gitlab.url and a token are set"
 
 
 class SyncRunnerLike(Protocol):
@@ -280,7 +279,7 @@ class Scheduler:
         if profile is not None and profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}")
         if not self._config.gitlab.enabled:
-            raise PermanentError("gitlab_not_configured", _DISABLED)
+            raise PermanentError("gitlab_not_configured", SYNC_DISABLED)
         self._wants.profile = _fuller(self._wants.profile, profile or self._config.sync.profile)
         if self._wants.manual is None:
             self._wants.manual = trigger

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sync.clock import Clock, utc_iso
-from sync.config import Config
+from sync.config import SYNC_DISABLED, Config
 from sync.control.freshness import project_freshness, webhook_intake
 from sync.control.lock import SYNC_LOCK
 from sync.control.runs import RunLog
@@ -114,7 +114,7 @@ def _hook_warnings(webhooks: list[dict[str, Any]]) -> list[str]:
 def _warnings(config: Config) -> list[str]:
     notes = []
     if not config.gitlab.enabled:
-        notes.append("sync is disabled until gitlab.url and a token are set")
+        notes.append(SYNC_DISABLED)
     if config.sync.profile == "full" and not config.embeddings.url:
         notes.append("profile full without embeddings.url: the embeddings stage is skipped")
     return notes

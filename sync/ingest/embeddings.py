@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -23,6 +23,7 @@ from sync.errors import PermanentError, SyncError, TransientError
 from sync.ingest.mirror import bump_versions
 from sync.read.search import SearchHit
 from sync.store.db import Database
+from sync.types import Progress
 
 STAGE = "embeddings"
 MAX_CHARS = 8_000  # of a document's text sent to the model; long bodies say what they are about early on
@@ -30,7 +31,6 @@ READ_CHUNK = 2_000  # documents read from the database at a time, so a first run
 SNIPPET_CHARS = 200
 SKIPPED = "embeddings: skipped (no embeddings.url configured)"
 
-Progress = Callable[[str, int, int], Awaitable[None]]
 
 
 class EmbeddingClient:

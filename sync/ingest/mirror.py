@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import aiosqlite
 import orjson
@@ -18,8 +18,8 @@ import orjson
 from sync.clock import normalize_time, parse_time
 from sync.read.queries import item_fragment
 from sync.store.db import Database
+from sync.types import Kind
 
-Kind = Literal["issue", "merge_request"]
 TABLE: dict[str, str] = {"issue": "issues", "merge_request": "merge_requests"}
 
 
@@ -295,10 +295,6 @@ async def set_cursor(conn: aiosqlite.Connection, project_id: int, resource: str,
         " ON CONFLICT (project_id, resource) DO UPDATE SET updated_after = excluded.updated_after",
         (project_id, resource, updated_after),
     )
-
-
-async def clear_cursors(conn: aiosqlite.Connection, project_id: int) -> None:
-    await conn.execute("DELETE FROM sync_cursors WHERE project_id = ?", (project_id,))
 
 
 async def bump_versions(conn: aiosqlite.Connection, project_id: int, resources: Iterable[str]) -> None:

@@ -35,9 +35,9 @@ from sync.ingest.embeddings import EmbeddingClient, refresh_embeddings
 from sync.ingest.mirror import TABLE, ItemRef, Kind
 from sync.ingest.workitems import sync_work_item_status
 from sync.store.db import Database
+from sync.types import Progress
 
 TargetKind = Literal["issue", "merge_request", "project"]
-Progress = Callable[[str, int, int], Awaitable[None]]
 MAX_REWALKS = 3
 KINDS: tuple[Kind, ...] = ("issue", "merge_request")
 # GitLab's largest page; a reconcile lists each project and kind in ceil(items / 100) requests.

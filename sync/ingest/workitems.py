@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ from sync.errors import PermanentError, TransientError
 from sync.gitlab.client import GitLabClient
 from sync.ingest.mirror import bump_versions
 from sync.store.db import Database
+from sync.types import Progress
 
 STAGE = "work_item_status"
 MAX_BATCH = 100  # GitLab's page size limit for a connection
@@ -34,7 +35,6 @@ _UNDEFINED = re.compile(r"doesn't exist on type|No such type|undefinedField|unde
 # status, a String, so selecting `{ name }` on it fails validation (graphql-ruby's selectionMismatch).
 _SCALAR_STATUS = re.compile(r"Selections can't be made on scalars \(field 'status'")
 
-Progress = Callable[[str, int, int], Awaitable[None]]
 DataChanged = Callable[[int, str, list[int]], None]
 
 
@@ -46,14 +46,6 @@ def build_query(with_category: bool = True) -> str:
         " project(fullPath: $fullPath) { workItems(iids: $iids, first: $first) {"
         f" nodes {{ iid widgets {{ ... on WorkItemWidgetStatus {{ status {{ {fields} }} }} }} }} }} }} }}"
     )
-
-
-# -- what the lead's read API needs ---------------------------------------------------------------
-
-
-def work_item_status_json(raw: str | bytes | None) -> dict[str, Any] | None:
-    """The `work_item_status` field of an issue from its `issues.work_item_status` column."""
-    return None if raw is None else json.loads(raw)
 
 
 # -- batch sizing ---------------------------------------------------------------------------------

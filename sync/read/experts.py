@@ -15,6 +15,7 @@ import numpy as np
 
 from sync.clock import parse_time, utc_iso
 from sync.config import ExpertsConfig
+from sync.read.queries import project_exists
 from sync.store.db import Database
 
 KINDS = ("mr_author", "diff_note", "review")
@@ -171,10 +172,6 @@ async def find_experts(
     named = [Expert(e.username, names.get(e.username), e.score, e.last_contribution_at, e.stale,
                     e.contributions) for e in experts]
     return ExpertsResult(path, project_id, named)
-
-
-async def project_exists(db: Database, project_id: int) -> bool:
-    return await db.fetchval("SELECT 1 FROM projects WHERE id = ?", (project_id,)) is not None
 
 
 async def resolve_project(db: Database, ref: str) -> int | None:

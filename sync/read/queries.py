@@ -17,21 +17,20 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from sync.clock import normalize_time, utc_iso
 from sync.store.db import Database
+from sync.types import MAX_ID, Kind
 
 JSONObject = dict[str, Any]
-Kind = Literal["issue", "merge_request"]
 TABLES: dict[str, str] = {"issue": "issues", "merge_request": "merge_requests"}
 STATES: dict[str, tuple[str, ...]] = {
     "issue": ("opened", "closed", "all"),
     "merge_request": ("opened", "closed", "merged", "locked", "all"),
 }
-MAX_ID = 2**63 - 1  # SQLite's INTEGER range: a larger id names nothing
 MAX_LABELS = 20
 MAX_TEXT = 255
 _MAX_CURSOR = 512

@@ -55,7 +55,7 @@ def backup_database(source: Path, target: Path) -> BackupResult:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return BackupResult(source, target, target.stat().st_size, pages, time.monotonic() - started, integrity)
 
 
@@ -104,7 +104,8 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new file in `directory` durable: fsync the directory entry itself."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
