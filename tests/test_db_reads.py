@@ -13,13 +13,6 @@ from sync.store.db import INLINE_BUDGET, Database
 LONG = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) SELECT sum(i) FROM n"
 
 
-@pytest.fixture
-async def db(tmp_path):
-    database = await Database.open(tmp_path / "lore.db")
-    yield database
-    await database.close()
-
-
 async def test_a_quick_read_is_answered_on_the_event_loop_thread(db: Database) -> None:
     threads = []
     db._inline._conn.create_function("thread", 0, lambda: threads.append(threading.get_ident()) or 1)

@@ -30,13 +30,6 @@ KEYS = ("key-one-" + "k" * 32,)
 
 
 @pytest.fixture
-async def db(tmp_path: Path):
-    database = await Database.open(tmp_path / "lore.db")
-    yield database
-    await database.close()
-
-
-@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
