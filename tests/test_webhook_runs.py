@@ -41,6 +41,11 @@ async def succeeded_runs(db: Database) -> int:
     return await db.fetchval("SELECT count(*) FROM sync_runs WHERE status = 'succeeded'")
 
 
+async def hooks_checked(sim: GitLabSimulator) -> bool:
+    """The check after a non-webhook pass (scheduler `after_pass`) has listed the project's hooks."""
+    return sim.requests["hooks_list"] > 0
+
+
 async def test_events_that_change_nothing_mirrored_start_no_run_and_ask_gitlab_nothing(
     tmp_path: Path, aiohttp_server: Any, aiohttp_client: Any
 ) -> None:
@@ -62,6 +67,7 @@ async def test_events_that_change_nothing_mirrored_start_no_run_and_ask_gitlab_n
         documented("system_hooks/project_update.json", project_id=4242),  # not a mirrored project
     ]
     await until(lambda: succeeded_runs(db), clock)  # the startup run
+    await until(lambda: hooks_checked(sim), clock)  # and the webhook health check that follows it
     runs_before, asked_before = await db.fetchval("SELECT count(*) FROM sync_runs"), sum(sim.requests.values())
 
     for hook in nothing_to_do:
