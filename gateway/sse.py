@@ -24,7 +24,16 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from gateway.auth import PRINCIPAL, requires
 from gateway.http import ApiError
 from gateway.keys import BUS, CLOCK, CONFIG, DB, SCHEDULER
-from sync import Event, EventBus, GatewayConfig, Subscription, read_service_state, sync_status
+from sync import (
+    Event,
+    EventBus,
+    GatewayConfig,
+    Reset,
+    SchedulerState,
+    Subscription,
+    read_service_state,
+    sync_status,
+)
 
 PATH = "/api/v1/events"
 _MAX_ID_DIGITS = 18  # anything longer is no id of ours (and int() of a huge string is slow)
@@ -149,9 +158,9 @@ def opening_events(bus: EventBus, last_event_id: str | None) -> tuple[list[Event
     if position is not None and missed is not None:
         return missed, max([position, *(e.id or 0 for e in missed)])
     current = bus.last_id or 0
-    reset = Event("reset", {"last_event_id": requested, "reason": _reset_reason(position, current),
-                            "message": "events after this id are no longer available: re-read the REST API"},
-                  current)
+    gone = Reset(requested, _reset_reason(position, current),
+                 "events after this id are no longer available: re-read the REST API")
+    reset = Event(gone.name, gone.payload(), current)
     return [reset], current
 
 
@@ -171,8 +180,8 @@ async def snapshot(app: web.Application) -> Event:
     """The `scheduler.state` event a client gets first (without an id: it is not on the bus)."""
     scheduler = app.get(SCHEDULER)
     if scheduler is not None:
-        return Event("scheduler.state", scheduler.snapshot())
-    return Event("scheduler.state", await _snapshot_from_database(app))
+        return Event(SchedulerState.name, scheduler.snapshot())
+    return Event(SchedulerState.name, await _snapshot_from_database(app))
 
 
 async def _snapshot_from_database(app: web.Application) -> dict[str, Any]:

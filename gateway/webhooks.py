@@ -30,7 +30,7 @@ from gateway import ratelimit
 from gateway.http import ApiError, json_response
 from gateway.keys import BUS, CLOCK, CONFIG, DB
 from gateway.proxies import client_address
-from sync import MAX_ID, Accepted, Inbox, InboxError, InboxEvent, WebhookConfig
+from sync import MAX_ID, Accepted, Inbox, InboxError, InboxEvent, WebhookConfig, WebhookReceived
 
 log = logging.getLogger("lore_gateway.webhooks")
 
@@ -295,10 +295,8 @@ async def receive(request: web.Request) -> web.Response:
     del body  # a routed event needs only its route: a large buffer goes before the inbox write is awaited
     accepted = await _store(app[INBOX], _dedupe_key(request, verified_id), event, target, kept)
     _count(app[STATS], accepted)
-    app[BUS].publish("webhook.received", {
-        "event_id": str(accepted.event_id), "event": event, "project_id": target.project_id,
-        "kind": target.kind, "iid": target.iid, "duplicate": accepted.duplicate,
-    })
+    app[BUS].emit(WebhookReceived(str(accepted.event_id), event, target.project_id, target.kind, target.iid,
+                                  accepted.duplicate))
     return json_response({"accepted": True, "event_id": str(accepted.event_id),
                           "duplicate": accepted.duplicate}, status=202)
 

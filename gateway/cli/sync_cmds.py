@@ -14,6 +14,7 @@ from sync import (
     SYNC_DISABLED,
     EventBus,
     Run,
+    SyncProgress,
     SyncRequest,
     SyncRunner,
     SystemClock,
@@ -169,7 +170,7 @@ async def show_progress(bus: EventBus, stream: TextIO) -> AsyncIterator[None]:
 async def _print_progress(subscription: Any, stream: TextIO, tty: bool) -> None:
     while True:
         event = await subscription.get()
-        if event.name != "sync.progress":
+        if event.name != SyncProgress.name:
             continue
         stage, done, total = event.data["stage"], event.data["done"], event.data["total"]
         if tty:

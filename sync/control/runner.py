@@ -17,7 +17,7 @@ from sync.config import SYNC_DISABLED, Config
 from sync.control.lock import SyncLock, new_owner
 from sync.control.runs import Run, RunLog
 from sync.errors import PermanentError, SyncError, TransientError
-from sync.events import EventBus
+from sync.events import DataChanged, EventBus, SyncFailed, SyncFinished, SyncProgress, SyncStarted
 from sync.gitlab.budget import RequestBudget
 from sync.gitlab.client import GitLabClient
 from sync.ingest.pipeline import Pipeline, SyncRequest
@@ -40,9 +40,7 @@ class ProgressThrottle:
         if stage == last_stage and done != total and done - last_done < step:
             return
         self._last = (stage, done)
-        self._bus.publish(
-            "sync.progress", {"run_id": self._run_id, "stage": stage, "done": done, "total": total}
-        )
+        self._bus.emit(SyncProgress(self._run_id, stage, done, total))
 
 
 class SyncRunner:
@@ -76,7 +74,7 @@ class SyncRunner:
             await self.lock.set_run(run_id)
             started = await self.runs.get(run_id)
             assert started is not None
-            self._bus.publish("sync.started", {"run_id": run_id, "run": started.to_json()})
+            self._bus.emit(SyncStarted(run_id, started.to_json()))
             await self._execute(run_id, request)
         run = await self.runs.get(run_id)
         assert run is not None
@@ -97,39 +95,19 @@ class SyncRunner:
                 await self.runs.finish(run_id, "succeeded", outcome.counts, outcome.warnings)
                 finished = await self.runs.get(run_id)
                 assert finished is not None
-                self._bus.publish(
-                    "sync.finished",
-                    {
-                        "run_id": run_id,
-                        "counts": outcome.counts,
-                        "warnings": outcome.warnings,
-                        "run": finished.to_json(),
-                    },
-                )
+                self._bus.emit(SyncFinished(run_id, outcome.counts, outcome.warnings, finished.to_json()))
 
     async def _failed(self, run_id: int, status: str, pipeline: Pipeline, error: SyncError) -> None:
         await self.runs.finish(run_id, status, dict(pipeline.counts), [], error)
-        self._bus.publish(
-            "sync.failed",
-            {
-                "run_id": run_id,
-                "error_code": error.code,
-                "message": error.message,
-                "transient": error.transient,
-            },
-        )
+        self._bus.emit(SyncFailed(run_id, error.code, error.message, error.transient))
 
     def _pipeline(self, run_id: int, client: GitLabClient) -> Pipeline:
         async def set_stage(stage: str) -> None:
             await self.runs.set_stage(run_id, stage)
 
         def data_changed(project_id: int, kind: str, iids: list[int], deleted: Sequence[int] = ()) -> None:
-            self._bus.publish(
-                "data.changed",
-                # seq: where the change feed stands after this commit (GET /api/v1/changes?since=seq).
-                {"project_id": project_id, "kind": kind, "iids": iids, "deleted": list(deleted),
-                 "seq": latest_seq_now(self._db)},
-            )
+            # seq: where the change feed stands after this commit (GET /api/v1/changes?since=seq).
+            self._bus.emit(DataChanged(project_id, kind, iids, list(deleted), latest_seq_now(self._db)))
 
         return Pipeline(
             self._db,

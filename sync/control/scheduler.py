@@ -23,7 +23,7 @@ from sync.control import inbox_queries as inbox
 from sync.control.runs import PROFILES, TRIGGERS, Run
 from sync.control.status import ServiceState, derive_state, read_service_state, sync_status
 from sync.errors import PermanentError, SyncError, SyncInProgress, TransientError
-from sync.events import Event, EventBus
+from sync.events import Event, EventBus, SchedulerState, SyncQueued, WebhookReceived
 from sync.ingest import mirror
 from sync.ingest.pipeline import SyncRequest
 from sync.read import changes
@@ -545,19 +545,19 @@ class Scheduler:
         self._publish_state()
 
     def _on_event(self, event: Event) -> None:
-        if event.name == "webhook.received" and self._loop is not None:
+        if event.name == WebhookReceived.name and self._loop is not None:
             # Deferred: publishing from inside another publish would deliver our events before that one.
             self._loop.call_soon(self.notify)
 
     def _announce(self, trigger: str) -> None:
-        self._bus.publish("sync.queued", {"run_id": None, "trigger": trigger})
+        self._bus.emit(SyncQueued(None, trigger))
 
     def _publish_state(self, *, force: bool = False) -> None:
         """Publish `scheduler.state` when the state, the pause or the failure count changed."""
         key = (self.state, self._service.paused_reason, self._service.consecutive_failures)
         if force or key != self._published:
             self._published = key
-            self._bus.publish("scheduler.state", self.snapshot())
+            self._bus.emit(SchedulerState(self.snapshot()))
 
 
 async def _first_of(*aws: Any) -> None:

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from sync.clock import Clock
-from sync.events import Event
+from sync.events import DataChanged, Event, SyncFailed, SyncFinished
 from sync.store.db import Database
 
 log = logging.getLogger("lore_gateway.versions")
@@ -24,7 +24,7 @@ VersionKey = tuple[int, str]  # (project_id, resource); project 0 holds gateway-
 POLL_INTERVAL = 1.0
 # Events published after a commit that may have bumped versions (project rows are bumped with no event
 # of their own, so the end of a run counts too).
-STALE_EVENTS = frozenset({"data.changed", "sync.finished", "sync.failed"})
+STALE_EVENTS = frozenset({DataChanged.name, SyncFinished.name, SyncFailed.name})
 
 
 class DataVersions:
