@@ -41,8 +41,7 @@ async def succeeded_runs(db: Database) -> int:
     return await db.fetchval("SELECT count(*) FROM sync_runs WHERE status = 'succeeded'")
 
 
-async def hooks_checked(sim: GitLabSimulator) -> bool:
-    """The check after a non-webhook pass (scheduler `after_pass`) has listed the project's hooks."""
+async def _hooks_checked(sim: GitLabSimulator) -> bool:
     return sim.requests["hooks_list"] > 0
 
 
@@ -67,7 +66,7 @@ async def test_events_that_change_nothing_mirrored_start_no_run_and_ask_gitlab_n
         documented("system_hooks/project_update.json", project_id=4242),  # not a mirrored project
     ]
     await until(lambda: succeeded_runs(db), clock)  # the startup run
-    await until(lambda: hooks_checked(sim), clock)  # and the webhook health check that follows it
+    await until(lambda: _hooks_checked(sim), clock)  # and the hook-health check that follows a pass
     runs_before, asked_before = await db.fetchval("SELECT count(*) FROM sync_runs"), sum(sim.requests.values())
 
     for hook in nothing_to_do:
