@@ -20,11 +20,11 @@ class SimSpec:
     merge_requests: int = 150
     notes_per_item: int = 3
     latency: float = 0.015
-    gitlab_version: str = "18.5-ee"  # a profile of gateway.simulator_profiles
+    gitlab_version: str = "18.5-ee"  # a profile of gateway.simulator.profiles
 
 
 def _serve(spec: SimSpec, ready: mp.Queue, stop: mp.Event) -> None:  # type: ignore[type-arg]
-    from gateway.simulator import GitLabSimulator
+    from gateway.simulator.gitlab import GitLabSimulator
 
     async def main() -> None:
         sim = GitLabSimulator(token=TOKEN, latency=spec.latency, seed=11, gitlab_version=spec.gitlab_version)

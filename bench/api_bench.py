@@ -76,12 +76,12 @@ class Result:
 
 
 def make_mirror(data_dir: Path) -> str:
-    """A mirror of one project with ISSUES issues, written through sync.mirror; returns a read token."""
-    from gateway.simulator import GitLabSimulator
-    from sync import mirror
+    """A mirror of one project with ISSUES issues, written through sync.ingest.mirror; returns a read token."""
+    from gateway.simulator.gitlab import GitLabSimulator
+    from gateway.tokens import TokenStore, signing_keys
     from sync.clock import SystemClock
-    from sync.db import Database
-    from sync.tokens import TokenStore, signing_keys
+    from sync.ingest import mirror
+    from sync.store.db import Database
 
     async def fill() -> str:
         sim = GitLabSimulator(token="bench", seed=11)

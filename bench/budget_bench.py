@@ -27,15 +27,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.simulator import GitLabSimulator
-from sync.budget import RequestBudget
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock
 from sync.config import Config, load_config
-from sync.db import Database
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.gitlab import GitLabClient
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
+from sync.gitlab.budget import RequestBudget
+from sync.gitlab.client import GitLabClient
+from sync.ingest.pipeline import SyncRequest
+from sync.store.db import Database
 
 TOKEN = "bench-token"
 DAY_START = 1_800_000_000.0 - 1_800_000_000.0 % 86_400  # a midnight (UTC)

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sync.clock import utc_iso
 from sync.config import ExpertsConfig
-from sync.db import Database, migrate
-from sync.experts import APPROVAL_NOTE, Contributions, PathPrefix, find_experts, score_contributions
+from sync.read.experts import APPROVAL_NOTE, Contributions, PathPrefix, find_experts, score_contributions
+from sync.store.db import Database, migrate
 
 PROJECT = 1001
 NOW = 1_800_000_000.0

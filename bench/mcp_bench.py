@@ -1,6 +1,6 @@
 """Each MCP tool on a 50,000-item mirror, side by side with the same question asked of GitLab's REST API.
 
-The mirror is written straight from a seeded GitLab simulator (sync.mirror + the documents index, as a
+The mirror is written straight from a seeded GitLab simulator (sync.ingest.mirror + the documents index, as a
 sync writes them); the gateway serves it in its own process and the official `mcp` client calls each tool.
 The baseline asks the same simulator over HTTP with 50 ms of latency a request, the way an agent without
 the mirror would (GitLab's own MCP server calls the live API), with 8 requests in flight at most:
@@ -46,7 +46,7 @@ WORD = "crash"  # a word the simulator's titles use
 
 
 def make_simulator(items: int) -> Any:
-    from gateway.simulator import GitLabSimulator
+    from gateway.simulator.gitlab import GitLabSimulator
     from tests.conftest import SIM_TOKEN
 
     sim = GitLabSimulator(token=SIM_TOKEN, seed=3, latency=LATENCY)
@@ -56,10 +56,10 @@ def make_simulator(items: int) -> Any:
 
 async def write_mirror(sim: Any, data_dir: Path) -> None:
     """The simulator's data into a fresh mirror, through the same writes a sync makes."""
-    from sync import mirror
     from sync.config import ensure_data_dir
-    from sync.db import Database
-    from sync.documents import refresh_documents
+    from sync.ingest import mirror
+    from sync.ingest.documents import refresh_documents
+    from sync.store.db import Database
     from tests.conftest import make_config
 
     config = make_config(data_dir)

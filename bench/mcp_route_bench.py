@@ -104,12 +104,12 @@ def add_route_b(app: Any) -> None:
 async def _make_mirror(data_dir: Path, issues: int) -> None:
     from aiohttp.test_utils import TestServer
 
-    from gateway.simulator import GitLabSimulator
+    from gateway.simulator.gitlab import GitLabSimulator
     from sync.clock import SystemClock
-    from sync.db import Database
+    from sync.control.runner import SyncRunner
     from sync.events import EventBus
-    from sync.pipeline import SyncRequest
-    from sync.runner import SyncRunner
+    from sync.ingest.pipeline import SyncRequest
+    from sync.store.db import Database
     from tests.conftest import SIM_TOKEN, make_config
 
     sim = GitLabSimulator(token=SIM_TOKEN, seed=5)

@@ -23,15 +23,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._simproc import TOKEN, SimSpec, simulator_process
-from sync import mirror
 from sync.clock import SystemClock, normalize_time
 from sync.config import Config, load_config
-from sync.db import Database
+from sync.control.runner import SyncRunner
 from sync.errors import PermanentError
 from sync.events import EventBus
-from sync.gitlab import GitLabClient
-from sync.pipeline import KINDS, SyncRequest, gather
-from sync.runner import SyncRunner
+from sync.gitlab.client import GitLabClient
+from sync.ingest import mirror
+from sync.ingest.pipeline import KINDS, SyncRequest, gather
+from sync.store.db import Database
 
 GHOST_IID = 1_000_000  # mirror-only items get iids from here: GitLab "deleted" them
 

@@ -3,9 +3,9 @@ with the obvious baseline, a LIKE scan of titles and bodies (which does not even
 
 Documents are generated straight into a temporary database (migrations applied, FTS kept by the
 triggers), with a skewed vocabulary so some words are common and most are rare, like real text.
-Each query runs through `sync.search.search` on the reader connection, as a request would. The
+Each query runs through `sync.read.search.search` on the reader connection, as a request would. The
 synthetic words are built from 14 syllables, so a 3-letter prefix is often a syllable found in
-nearly every document: the worst case for ranking, which sync.search bounds with RANK_WINDOW.
+nearly every document: the worst case for ranking, which sync.read.search bounds with RANK_WINDOW.
 
     python bench/search_bench.py           # 50,000 documents
     python bench/search_bench.py --quick   # 2,000 documents, for the test suite
@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sync.db import Database, migrate
-from sync.search import search
+from sync.read.search import search
+from sync.store.db import Database, migrate
 
 PROJECTS = (1001, 1002, 1003, 1004)
 SHAPES = ("common word", "title word", "two words", "phrase", "prefix*", "filtered")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.simulator import GitLabSimulator
-from sync import mirror
-from sync.db import Database
+from gateway.simulator.gitlab import GitLabSimulator
+from sync.ingest import mirror
+from sync.store.db import Database
 
 
 def make_issues(count: int) -> list[dict]:

@@ -19,14 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._simproc import TOKEN, SimSpec, simulator_process
-from gateway.simulator_profiles import DEFAULT_PROFILE, PROFILES
+from gateway.simulator.profiles import DEFAULT_PROFILE, PROFILES
 from sync.clock import SystemClock
 from sync.config import load_config
-from sync.db import Database
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.gitlab import GitLabClient
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
+from sync.gitlab.client import GitLabClient
+from sync.ingest.pipeline import SyncRequest
+from sync.store.db import Database
 
 
 async def timed_sync(

@@ -38,8 +38,8 @@ import aiohttp
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from gateway.simulator import GitLabSimulator, Webhook
-    from sync.inbox import Inbox
+    from gateway.simulator.gitlab import GitLabSimulator, Webhook
+    from sync.control.inbox import Inbox
 
 SECRET = "bench-secret-0123456789"
 PATH = "/webhooks/gitlab"
@@ -125,7 +125,7 @@ class Result:
 
 def make_requests(count: int) -> Requests:
     """Real GitLab payloads from the simulator (issues, MRs, notes, pushes), each with a unique key."""
-    from gateway.simulator import GitLabSimulator
+    from gateway.simulator.gitlab import GitLabSimulator
 
     sim = GitLabSimulator(seed=11)
     sim.add_project("bench/project", issues=20, merge_requests=10, notes_per_item=1)

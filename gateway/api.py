@@ -1,6 +1,6 @@
 """The read endpoints of `/api/v1`: projects, issues, merge requests and their discussions.
 
-Handlers only validate what the client sent and name what the answer depends on; `sync.queries` reads
+Handlers only validate what the client sent and name what the answer depends on; `sync.read.queries` reads
 and shapes the rows, and `gateway.cache` decides between a 304, a cached body and a fresh render. So a
 parameter is checked (and a bad one refused with a 400 naming it) before any ETag is computed, and a
 path id that is not a positive integer is a 404, like any other id that names nothing.
@@ -21,17 +21,8 @@ from gateway.auth import requires
 from gateway.cache import cache_ctx, conditional_json
 from gateway.http import ApiError, bad_parameter
 from gateway.keys import CONFIG, DB
-from sync import queries
-from sync.queries import (
-    CursorCodec,
-    InvalidCursor,
-    InvalidFilter,
-    ItemFilters,
-    ItemKey,
-    Kind,
-    ThreadKey,
-)
-from sync.tokens import signing_keys
+from gateway.tokens import signing_keys
+from sync import CursorCodec, InvalidCursor, InvalidFilter, ItemFilters, ItemKey, Kind, ThreadKey, queries
 
 PREFIX = "/api/v1"
 DEFAULT_PER_PAGE = 20

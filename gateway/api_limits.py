@@ -21,7 +21,7 @@ from gateway.http import ApiError, Handler
 from gateway.keys import CLOCK, CONFIG
 from gateway.proxies import client_address
 from gateway.ratelimit import LIMITER, Decision
-from sync.clock import Clock
+from sync import Clock
 
 PREFIX = "/api/v1"
 IDENTITY_TTL = 5.0  # seconds a verified token is known by its id without asking the token store again

@@ -20,17 +20,24 @@ from gateway.cache import VERSIONS
 from gateway.changes_api import setup as setup_changes
 from gateway.http import errors_middleware
 from gateway.keys import BUS, CLOCK, CONFIG, DB, GITLAB, LEADER, REDIS, RUNNER, SCHEDULER, WORKERS
-from sync.budget import RequestBudget
-from sync.clock import Clock, SystemClock
-from sync.config import Config, ensure_data_dir
-from sync.db import Database
-from sync.events import EventBus
-from sync.gitlab import GitLabClient
-from sync.hooks import refresh_health
-from sync.redis_bus import DEFAULT_PREFIX, RedisEventBus, redis_client
-from sync.redis_lock import LeaderLease, RedisLock
-from sync.runner import SyncRunner
-from sync.scheduler import Scheduler
+from sync import (
+    DEFAULT_PREFIX,
+    Clock,
+    Config,
+    Database,
+    EventBus,
+    GitLabClient,
+    LeaderLease,
+    RedisEventBus,
+    RedisLock,
+    RequestBudget,
+    Scheduler,
+    SyncRunner,
+    SystemClock,
+    ensure_data_dir,
+    redis_client,
+    refresh_health,
+)
 
 LEADER_TTL = 15.0  # seconds: how long the timer fallback goes without a leader after the leader dies
 PER_PROCESS_LIMITS = ("rate limits are per process: with several workers and no [redis] url, each token "

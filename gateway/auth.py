@@ -1,6 +1,6 @@
 """Bearer-token authentication for the API: who is calling, and may they do this.
 
-Handlers declare what they need with `@requires(scope)`; the token store (sync.tokens) decides
+Handlers declare what they need with `@requires(scope)`; the token store (gateway.tokens) decides
 whether a token is valid. EventSource cannot send headers, so SSE routes opt in to a short-lived
 `?ticket=` from `POST /api/v1/events/ticket` rather than accepting long-lived tokens in URLs.
 """
@@ -16,8 +16,8 @@ from aiohttp import web
 
 from gateway.http import ApiError, Handler, json_response
 from gateway.keys import CLOCK, CONFIG, DB
-from sync.clock import utc_iso
-from sync.tokens import SCOPES, Principal, TokenStore, UnknownToken, signing_keys
+from gateway.tokens import SCOPES, Principal, TokenStore, UnknownToken, signing_keys
+from sync import utc_iso
 
 TOKENS = web.AppKey("tokens", TokenStore)
 PRINCIPAL = web.RequestKey("principal", Principal)  # the caller, set by @requires

@@ -23,7 +23,7 @@ from aiohttp import web
 from gateway.auth import PRINCIPAL
 from gateway.http import ApiError
 from gateway.keys import BUS, CLOCK, DB
-from sync.versions import DataVersions, VersionKey
+from sync import DataVersions, VersionKey
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 # Per entry, beyond the key and the Cached: the OrderedDict's slot and ordering node (with the table's

@@ -1,4 +1,4 @@
-"""`GET /api/v1/changes?since=&limit=`: the change feed (sync.changes) over HTTP.
+"""`GET /api/v1/changes?since=&limit=`: the change feed (sync.read.changes) over HTTP.
 
 The handler checks the parameters and maps the engine's errors: a malformed cursor is a 400, one the
 feed can no longer continue is a 410 `cursor_expired` (list again). The answer carries a strong ETag
@@ -15,7 +15,7 @@ from gateway.auth import requires
 from gateway.cache import matches
 from gateway.http import ApiError, bad_parameter, json_body
 from gateway.keys import DB
-from sync.changes import DEFAULT_LIMIT, MAX_LIMIT, CursorExpired, InvalidChangeCursor, read_changes
+from sync import DEFAULT_LIMIT, MAX_LIMIT, CursorExpired, InvalidChangeCursor, read_changes
 
 PATH = "/api/v1/changes"
 

@@ -15,8 +15,7 @@ from aiohttp import web
 
 from gateway.http import error_response, json_response
 from gateway.keys import CLOCK, CONFIG, DB
-from sync.clock import Clock
-from sync.db import Database
+from sync import SYNC_DISABLED, Clock, Database
 
 READY_TTL = 1.0  # seconds a readiness answer is reused
 
@@ -68,7 +67,7 @@ async def readyz(request: web.Request) -> web.Response:
         return error_response(503, "not_ready", f"the store is not writable: {problem}")
     body = {"status": "ready", "sync_enabled": config.gitlab.enabled}
     if not config.gitlab.enabled:
-        body["message"] = "sync is disabled until gitlab.url and a token are set"
+        body["message"] = SYNC_DISABLED
     return json_response(body)
 
 

@@ -5,14 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from redis.asyncio import Redis
 
-from sync.clock import Clock
-from sync.config import Config
-from sync.db import Database
-from sync.events import EventBus
-from sync.gitlab import GitLabClient
-from sync.redis_lock import LeaderLease
-from sync.runner import SyncRunner
-from sync.scheduler import Scheduler
+from sync import Clock, Config, Database, EventBus, GitLabClient, LeaderLease, Scheduler, SyncRunner
 
 CONFIG = web.AppKey("config", Config)
 CLOCK = web.AppKey("clock", Clock)

@@ -1,6 +1,6 @@
 """`GET /api/v1/search` and `GET /api/v1/experts`: the knowledge built on the mirror, over HTTP.
 
-Handlers only validate parameters and call the engine (sync.search, sync.embeddings, sync.experts).
+Handlers only validate parameters and call the engine (sync.read.search, sync.ingest.embeddings, sync.read.experts).
 Search pages by an opaque offset cursor: relevance order has no stable key to page by. Both answer
 with a strong ETag of the body (304 on a match): their inputs (the FTS index, the time of day for
 decay) have no data version of their own yet.
@@ -19,10 +19,17 @@ from aiohttp import web
 from gateway.auth import requires
 from gateway.http import ApiError, bad_parameter, json_body
 from gateway.keys import CLOCK, CONFIG, DB
-from sync.embeddings import EmbeddingClient, VectorIndex
-from sync.errors import SyncError
-from sync.experts import find_experts, project_exists
-from sync.search import KINDS, SearchQueryError, search
+from sync import (
+    KINDS,
+    MAX_ID,
+    EmbeddingClient,
+    SearchQueryError,
+    SyncError,
+    VectorIndex,
+    find_experts,
+    project_exists,
+    search,
+)
 
 EMBEDDER = web.AppKey("embedder", EmbeddingClient)
 VECTORS = web.AppKey("vectors", VectorIndex)
@@ -31,7 +38,6 @@ DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
 MAX_QUERY_CHARS = 1_000
 MODES = ("text", "semantic")
-MAX_ID = 2**63 - 1  # SQLite's largest integer: anything above cannot name a row
 MAX_OFFSET = 1_000_000  # no one pages a relevance list this far; it keeps OFFSET sane
 
 

@@ -1,6 +1,6 @@
 """The MCP tools over the mirror: their schemas, their arguments, and results that fit a token budget.
 
-Each tool calls the same engine functions as the REST handlers (sync.queries, sync.search, sync.experts,
+Each tool calls the same engine functions as the REST handlers (sync.read.queries, sync.read.search, sync.read.experts,
 the status document) and shapes the answer for a model: compact JSON text, never above
 `mcp.max_result_tokens` (counted as 4 bytes of UTF-8 JSON a token, which never undercounts characters).
 A result that had to be cut says so in `truncated` and carries the `next_cursor` (or `next_offset`) that
@@ -15,14 +15,26 @@ from typing import Any
 
 import orjson
 
-from sync import changes, queries
-from sync.clock import Clock
-from sync.config import Config
-from sync.db import Database
-from sync.experts import find_experts, resolve_project
-from sync.queries import CursorCodec, InvalidCursor, InvalidFilter, ItemFilters, ItemKey, Kind, ThreadKey
-from sync.search import KINDS as SEARCH_KINDS
-from sync.search import RANK_WINDOW, SearchQueryError, search
+from sync import KINDS as SEARCH_KINDS
+from sync import (
+    RANK_WINDOW,
+    Clock,
+    Config,
+    CursorCodec,
+    Database,
+    InvalidCursor,
+    InvalidFilter,
+    ItemFilters,
+    ItemKey,
+    Kind,
+    SearchQueryError,
+    ThreadKey,
+    changes,
+    find_experts,
+    queries,
+    resolve_project,
+    search,
+)
 
 CHARS_PER_TOKEN = 4
 DEFAULT_LIMIT = 20
@@ -239,7 +251,7 @@ async def search_tool(mirror: Mirror, args: Mapping[str, Any]) -> JSON:
         result["next_offset"] = offset + shown
         result["truncated"] = _cut_note("hits", shown, len(hits), f"call again with offset={offset + shown}")
     elif page.next_offset is None and offset + len(hits) >= RANK_WINDOW:
-        # sync.search ranks a broad query among its RANK_WINDOW newest matches only, and ends there.
+        # sync.read.search ranks a broad query among its RANK_WINDOW newest matches only, and ends there.
         result["truncated"] = (f"the last hit: search ranks at most the {RANK_WINDOW:,} most recently indexed "
                                "matches, and this query may match more; narrow it (type, project, more words) "
                                "to reach older ones")

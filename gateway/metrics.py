@@ -33,9 +33,7 @@ from gateway.server import ACCEPT_ERRORS
 from gateway.sse import STREAMS
 from gateway.webhooks import INBOX, STATS
 from gateway.webhooks import PATH as WEBHOOK_PATH
-from sync.clock import Clock
-from sync.events import Event
-from sync.runs import RunLog
+from sync import Clock, Event, RunLog
 
 PATH = "/metrics"
 PREFIX = "lore_gateway_"

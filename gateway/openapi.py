@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of every HTTP route, served at `GET /api/v1/openapi.json` without a token.
 
-Written by hand, close to DESIGN.md, rather than generated from handlers: the contract comes first and
+Written by hand, close to docs/api.md, rather than generated from handlers: the contract comes first and
 a test holds the document and the app's routes to each other (and the fuzzer holds responses to the
 statuses documented here). Shared pieces (errors, paging, rate-limit headers) are built once below.
 """

@@ -15,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from gateway.keys import CONFIG
-from sync.config import IPNetwork
+from sync import IPNetwork
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 UNKNOWN = "unknown"  # a peer aiohttp cannot name (a Unix socket)

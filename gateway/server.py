@@ -22,7 +22,7 @@ from aiohttp import web
 
 from gateway import logs
 from gateway.keys import CONFIG
-from sync.config import GatewayConfig
+from sync import GatewayConfig
 
 SHUTDOWN_TIMEOUT = 10.0
 ACCEPT_LOG_INTERVAL = 5.0  # seconds between log lines about connections that could not be accepted

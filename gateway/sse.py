@@ -24,9 +24,16 @@ from aiohttp_sse import EventSourceResponse, sse_response
 from gateway.auth import PRINCIPAL, requires
 from gateway.http import ApiError
 from gateway.keys import BUS, CLOCK, CONFIG, DB, SCHEDULER
-from sync.config import GatewayConfig
-from sync.events import Event, EventBus, Subscription
-from sync.status import read_service_state, sync_status
+from sync import (
+    Event,
+    EventBus,
+    GatewayConfig,
+    Reset,
+    SchedulerState,
+    Subscription,
+    read_service_state,
+    sync_status,
+)
 
 PATH = "/api/v1/events"
 _MAX_ID_DIGITS = 18  # anything longer is no id of ours (and int() of a huge string is slow)
@@ -41,7 +48,7 @@ RETRY_AFTER_FULL = 10
 class StreamSettings:
     queue_size: int = 256  # events a client may lag behind before it is cut off
     send_timeout: float = 10.0  # a write that blocks this long means the client stopped reading
-    ping_interval: float = 15.0  # heartbeat comments; DESIGN.md promises at least every 15 s
+    ping_interval: float = 15.0  # heartbeat comments; docs/api.md "Live events" promises at least every 15 s
     max_clients: int = GatewayConfig.max_sse_clients  # open streams in this process; beyond: 503
     max_per_token: int = GatewayConfig.max_sse_per_token  # open streams per token; beyond: 429
 
@@ -151,9 +158,9 @@ def opening_events(bus: EventBus, last_event_id: str | None) -> tuple[list[Event
     if position is not None and missed is not None:
         return missed, max([position, *(e.id or 0 for e in missed)])
     current = bus.last_id or 0
-    reset = Event("reset", {"last_event_id": requested, "reason": _reset_reason(position, current),
-                            "message": "events after this id are no longer available: re-read the REST API"},
-                  current)
+    gone = Reset(requested, _reset_reason(position, current),
+                 "events after this id are no longer available: re-read the REST API")
+    reset = Event(gone.name, gone.payload(), current)
     return [reset], current
 
 
@@ -173,8 +180,8 @@ async def snapshot(app: web.Application) -> Event:
     """The `scheduler.state` event a client gets first (without an id: it is not on the bus)."""
     scheduler = app.get(SCHEDULER)
     if scheduler is not None:
-        return Event("scheduler.state", scheduler.snapshot())
-    return Event("scheduler.state", await _snapshot_from_database(app))
+        return Event(SchedulerState.name, scheduler.snapshot())
+    return Event(SchedulerState.name, await _snapshot_from_database(app))
 
 
 async def _snapshot_from_database(app: web.Application) -> dict[str, Any]:

@@ -18,10 +18,7 @@ from gateway.auth import requires
 from gateway.cache import CACHE_CONTROL, matches
 from gateway.http import ApiError, bad_parameter, json_body, json_response
 from gateway.keys import CLOCK, CONFIG, DB, SCHEDULER
-from sync.errors import PermanentError
-from sync.runs import PROFILES, RunLog
-from sync.scheduler import resume_service
-from sync.status import sync_status
+from sync import PROFILES, PermanentError, RunLog, resume_service, sync_status
 
 RUNS_DEFAULT_LIMIT = 20
 RUNS_MAX_LIMIT = 100
@@ -29,7 +26,7 @@ _NO_SCHEDULER = "this gateway runs without a scheduler and starts no syncs; use 
 
 
 async def status_document(app: web.Application) -> dict[str, Any]:
-    """The DESIGN.md status document: the live scheduler's view, or the database's without one."""
+    """The status document (docs/api.md "Sync"): the live scheduler's view, or the database's without one."""
     scheduler = app.get(SCHEDULER)
     if scheduler is not None:
         return await scheduler.status()
@@ -47,7 +44,7 @@ async def get_runs(request: web.Request) -> web.Response:
     """`GET /api/v1/sync/runs?limit=N`: the newest runs first; one page (see `next_cursor`)."""
     limit = _limit(request.query.get("limit"))
     runs = await RunLog(request.app[DB], request.app[CLOCK]).recent(limit)
-    # Paging would need a keyset query in sync/runs.py; the newest 100 runs are what callers ask for.
+    # Paging would need a keyset query in sync/control/runs.py; the newest 100 runs are what callers ask for.
     return _fresh_json(request, {"items": [run.to_json() for run in runs], "next_cursor": None})
 
 

@@ -30,14 +30,12 @@ from gateway import ratelimit
 from gateway.http import ApiError, json_response
 from gateway.keys import BUS, CLOCK, CONFIG, DB
 from gateway.proxies import client_address
-from sync.config import WebhookConfig
-from sync.inbox import Accepted, Inbox, InboxError, InboxEvent
+from sync import MAX_ID, Accepted, Inbox, InboxError, InboxEvent, WebhookConfig, WebhookReceived
 
 log = logging.getLogger("lore_gateway.webhooks")
 
 PATH = "/webhooks/gitlab"
 TIMESTAMP_TOLERANCE = 5 * 60  # seconds either side of now (Standard Webhooks)
-_MAX_ID = 2**63 - 1  # SQLite's INTEGER
 Body = bytes | bytearray  # the raw body as read: one buffer, never copied to hand it on
 
 
@@ -260,7 +258,7 @@ def _text(value: object) -> str:
 
 
 def _positive_int(value: object) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _MAX_ID:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID:
         return value
     return None
 
@@ -297,10 +295,8 @@ async def receive(request: web.Request) -> web.Response:
     del body  # a routed event needs only its route: a large buffer goes before the inbox write is awaited
     accepted = await _store(app[INBOX], _dedupe_key(request, verified_id), event, target, kept)
     _count(app[STATS], accepted)
-    app[BUS].publish("webhook.received", {
-        "event_id": str(accepted.event_id), "event": event, "project_id": target.project_id,
-        "kind": target.kind, "iid": target.iid, "duplicate": accepted.duplicate,
-    })
+    app[BUS].emit(WebhookReceived(str(accepted.event_id), event, target.project_id, target.kind, target.iid,
+                                  accepted.duplicate))
     return json_response({"accepted": True, "event_id": str(accepted.event_id),
                           "duplicate": accepted.duplicate}, status=202)
 

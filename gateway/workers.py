@@ -21,8 +21,7 @@ from multiprocessing.process import BaseProcess
 
 from aiohttp import web
 
-from sync.config import Config
-from sync.db import migrate
+from sync import Config, migrate
 
 POLL = 0.1  # seconds between the supervisor's looks at its workers
 READY_TIMEOUT = 60.0

@@ -1,1 +1,1 @@
-"""Numbered SQL migrations (NNN_name.sql), applied in order by sync.migrations."""
+"""Numbered SQL migrations (NNN_name.sql), applied in order by sync.store.migrations."""

@@ -47,6 +47,10 @@ def _default_data_dir() -> Path:
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+# What every surface says when `gitlab.enabled` is false (CLI, status, /readyz, the scheduler, the runner).
+SYNC_DISABLED = "sync is disabled until gitlab.url and a token are set"
+
+
 @dataclass(frozen=True)
 class GitLabConfig:
     url: str | None = None
@@ -55,11 +59,11 @@ class GitLabConfig:
     concurrency: int = 8
     timeout: float = 30.0
     touch_interval: float = _MINUTE  # GitLab's ThrottledTouch::TOUCH_INTERVAL
-    requests_per_minute: int = 0  # a budget across stages and processes (sync/budget.py); 0 = none
+    requests_per_minute: int = 0  # a budget across stages and processes (sync/gitlab/budget.py); 0 = none
 
     @property
     def enabled(self) -> bool:
-        """Sync needs both a GitLab URL and a token; without them the gateway only serves."""
+        """Sync needs both a GitLab URL and a token; without them the gateway only serves (SYNC_DISABLED)."""
         return bool(self.url and self.token)
 
 
@@ -765,7 +769,7 @@ def ensure_data_dir(config: Config) -> Path:
     """Create the data directory if needed and prove it writable; the store cannot start otherwise."""
     data_dir = config.gateway.data_dir
     try:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # private: sync.db.make_private
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # private: sync.store.db.make_private
         with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".write-check-"):
             pass
     except FileExistsError:

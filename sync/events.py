@@ -1,4 +1,8 @@
-"""The in-process event bus: sync progress and data changes, fanned out to subscribers.
+"""The event catalog and the in-process bus that fans the events out to subscribers.
+
+Every event is a small frozen dataclass with its `name` and documented fields (docs/api.md "Live
+events" is the public contract); publishers `emit()` them and subscribers compare with `Class.name`,
+so reshaping an event is one edit here that every user of it sees.
 
 Publishing never blocks and never fails because of a subscriber: each one has a
 bounded queue, and one that falls behind is cut off (`overflowed`) rather than
@@ -13,8 +17,8 @@ import asyncio
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,115 @@ class Event:
     name: str
     data: dict[str, Any]
     id: int | None = None
+
+
+# -- the catalog ----------------------------------------------------------------------------------------
+
+
+class CatalogEvent:
+    """Base of the catalog: a `name` and fields; `payload()` is the `data` the bus carries (field order)."""
+
+    name: ClassVar[str]
+
+    def payload(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class SyncQueued(CatalogEvent):
+    """A run was asked for and will start when the scheduler can (no run id yet)."""
+
+    name: ClassVar[str] = "sync.queued"
+    run_id: int | None
+    trigger: str
+
+
+@dataclass(frozen=True)
+class SyncStarted(CatalogEvent):
+    """A run started: `run` is its record (`Run.to_json()`)."""
+
+    name: ClassVar[str] = "sync.started"
+    run_id: int
+    run: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SyncProgress(CatalogEvent):
+    """How far the current stage is: `done` of `total` (throttled to about 50 steps a stage)."""
+
+    name: ClassVar[str] = "sync.progress"
+    run_id: int
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class SyncFinished(CatalogEvent):
+    """A run succeeded: what it counted and warned about, and its final record."""
+
+    name: ClassVar[str] = "sync.finished"
+    run_id: int
+    counts: dict[str, int]
+    warnings: list[str]
+    run: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SyncFailed(CatalogEvent):
+    """A run failed (or was cancelled); `transient` says whether a retry may help."""
+
+    name: ClassVar[str] = "sync.failed"
+    run_id: int
+    error_code: str
+    message: str
+    transient: bool
+
+
+@dataclass(frozen=True)
+class DataChanged(CatalogEvent):
+    """Items of one project changed (`deleted` among them); `seq`: the change feed after this commit."""
+
+    name: ClassVar[str] = "data.changed"
+    project_id: int
+    kind: str
+    iids: list[int]
+    deleted: list[int]
+    seq: int
+
+
+@dataclass(frozen=True)
+class WebhookReceived(CatalogEvent):
+    """A webhook was stored in the inbox (or recognised as a duplicate); the local scheduler wakes on it."""
+
+    name: ClassVar[str] = "webhook.received"
+    event_id: str
+    event: str
+    project_id: int | None
+    kind: str | None
+    iid: int | None
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class SchedulerState(CatalogEvent):
+    """The scheduler's snapshot (state, next run, backoff, pause), the fields of docs/api.md's status."""
+
+    name: ClassVar[str] = "scheduler.state"
+    snapshot: dict[str, Any]
+
+    def payload(self) -> dict[str, Any]:
+        return self.snapshot
+
+
+@dataclass(frozen=True)
+class Reset(CatalogEvent):
+    """To one SSE client only: the events after `last_event_id` are gone; re-read the REST API."""
+
+    name: ClassVar[str] = "reset"
+    last_event_id: str
+    reason: str
+    message: str
 
 
 @dataclass(eq=False)
@@ -43,7 +156,7 @@ class Subscription:
 
 
 class EventBus:
-    """One process's bus. A shared bus (sync.redis_bus) subclasses it and keeps this public API."""
+    """One process's bus. A shared bus (sync.scaleout.redis_bus) subclasses it and keeps this public API."""
 
     def __init__(self, *, buffer_size: int = 2048, first_id: int = 1) -> None:
         self._ids: Iterator[int] = itertools.count(first_id)
@@ -56,6 +169,10 @@ class EventBus:
     @property
     def buffer_size(self) -> int:
         return self._buffer.maxlen or 0
+
+    def emit(self, event: CatalogEvent) -> Event:
+        """Publish a catalog event: the way publishers use the bus."""
+        return self.publish(event.name, event.payload())
 
     def publish(self, name: str, data: dict[str, Any]) -> Event:
         event = Event(name, data, next(self._ids))

@@ -1,15 +1,20 @@
-"""Shared fixtures: a GitLab simulator on a real socket, and configs pointing at it."""
+"""Shared fixtures: a GitLab simulator on a real socket, configs pointing at it, a database, a scripted runner."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
+from sync.clock import FakeClock
 from sync.config import Config, load_config
-from sync.db import Database
+from sync.control.runs import Run, RunLog
+from sync.errors import SyncError, SyncInProgress
+from sync.ingest.pipeline import SyncRequest
+from sync.store.db import Database
 from tests.skip_policy import pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401
 
 SIM_TOKEN = "sim-token"
@@ -55,3 +60,47 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     database = await Database.open(tmp_path / "data" / "lore.db")
     yield database
     await database.close()
+
+
+class FakeRunner:
+    """Records requests and answers from a script: "ok", a SyncError to fail with, or SyncInProgress to raise.
+
+    With `hold` set, each run waits for `release()` (a long run); `cancelled` tells whether one was cancelled.
+    """
+
+    def __init__(self, db: Database, clock: FakeClock) -> None:
+        self.runs = RunLog(db, clock)
+        self.clock = clock
+        self.script: list[str | SyncError] = []
+        self.requests: list[SyncRequest] = []
+        self.started_at: list[float] = []
+        self.hold = False
+        self.entered = asyncio.Event()
+        self.cancelled = False
+        self._release = asyncio.Event()
+
+    def release(self) -> None:
+        self._release.set()
+
+    async def run(self, request: SyncRequest, *, wait: bool = False) -> Run:
+        self.requests.append(request)
+        self.started_at.append(self.clock.now())
+        outcome = self.script.pop(0) if self.script else "ok"
+        if isinstance(outcome, SyncInProgress):
+            raise outcome
+        run_id = await self.runs.start(request.trigger, request.profile, "fake")
+        self.entered.set()
+        if self.hold:
+            try:
+                await self._release.wait()
+            except asyncio.CancelledError:
+                self.cancelled = True
+                raise
+            self._release.clear()
+        if isinstance(outcome, SyncError):
+            await self.runs.finish(run_id, "failed", {}, [], outcome)
+        else:
+            await self.runs.finish(run_id, "succeeded", {"issues": 1}, [])
+        run = await self.runs.get(run_id)
+        assert run is not None
+        return run

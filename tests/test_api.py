@@ -11,13 +11,13 @@ import pytest
 from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.keys import DB
-from gateway.simulator import GitLabSimulator
-from sync import mirror
+from gateway.simulator.gitlab import GitLabSimulator
+from gateway.tokens import signing_keys
 from sync.clock import SystemClock, normalize_time
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
-from sync.tokens import signing_keys
+from sync.ingest import mirror
+from sync.ingest.pipeline import SyncRequest
 
 WIDGETS, GADGETS = 1001, 1002  # the simulator's project ids (conftest: 30 + 20 issues, 12 + 8 MRs)
 Z_TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")

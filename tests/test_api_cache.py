@@ -21,13 +21,13 @@ from gateway.cache import (
     matches,
 )
 from gateway.keys import BUS, DB
-from sync import mirror
 from sync.clock import FakeClock, SystemClock
-from sync.db import Database
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
-from sync.versions import DataVersions
+from sync.ingest import mirror
+from sync.ingest.pipeline import SyncRequest
+from sync.store.db import Database
+from sync.store.versions import DataVersions
 
 WIDGETS, GADGETS = 1001, 1002
 PATHS = ("/projects", f"/projects/{WIDGETS}", f"/projects/{WIDGETS}/issues", f"/projects/{WIDGETS}/issues/3",

@@ -14,9 +14,9 @@ from gateway import auth
 from gateway.app import create_app
 from gateway.auth import PRINCIPAL, TOKENS, requires
 from gateway.http import json_response
+from gateway.tokens import TICKET_SALT
 from sync.clock import FakeClock
 from sync.config import AuthConfig, Config, GatewayConfig
-from sync.tokens import TICKET_SALT
 
 KEY = "test-key-" + "t" * 32
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from gateway.cli import main
-from sync.backup import BackupError, backup_database
-from sync.db import migrate
+from sync.store.backup import BackupError, backup_database
+from sync.store.db import migrate
 
 BATCH = 25  # rows per writer transaction: a consistent copy holds whole batches only
 

@@ -13,12 +13,12 @@ import pytest
 
 from gateway.app import create_app
 from gateway.auth import TOKENS
-from gateway.simulator import GitLabSimulator
-from sync.budget import RequestBudget, budget_usage
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock
-from sync.db import Database
-from sync.gitlab import GitLabClient, RetryPolicy
-from sync.redis_bus import redis_client
+from sync.gitlab.budget import RequestBudget, budget_usage
+from sync.gitlab.client import GitLabClient, RetryPolicy
+from sync.scaleout.redis_bus import redis_client
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN
 from tests.redis_server import free_port, redis_url  # noqa: F401 (fixture)
 from tests.test_cli_sync import cli, cli_env

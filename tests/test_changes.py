@@ -7,13 +7,14 @@ import time
 
 import pytest
 
-from sync import changes, mirror
-from sync.changes import CursorExpired, InvalidChangeCursor, read_changes
 from sync.clock import SystemClock
-from sync.db import Database
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest, Target
-from sync.runner import SyncRunner
+from sync.ingest import mirror
+from sync.ingest.pipeline import SyncRequest, Target
+from sync.read import changes
+from sync.read.changes import CursorExpired, InvalidChangeCursor, read_changes
+from sync.store.db import Database
 from tests.test_pipeline import runner_for
 
 
@@ -156,7 +157,7 @@ async def test_a_work_item_status_change_is_one_update_and_a_rewrite_keeps_it_wi
     await add_project(db)
     await write(db, issue(1))
     start = (await read_changes(db, None, 10)).next_cursor
-    async with db.transaction() as conn:  # what sync.workitems does: remember it, then copy it over
+    async with db.transaction() as conn:  # what sync.ingest.workitems does: remember it, then copy it over
         await conn.execute("INSERT INTO work_item_statuses (project_id, iid, checked_updated_at, status)"
                            " VALUES (1, 1, '2026-01-01T00:00:00.000Z', '{\"name\": \"Doing\"}')")
         await conn.execute("UPDATE issues SET work_item_status = '{\"name\": \"Doing\"}' WHERE iid = 1")

@@ -8,11 +8,12 @@ import pytest
 
 from gateway.app import create_app
 from gateway.auth import TOKENS
-from sync import changes, mirror
 from sync.clock import SystemClock
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
+from sync.ingest import mirror
+from sync.ingest.pipeline import SyncRequest
+from sync.read import changes
 from tests.conftest import make_config
 from tests.test_knowledge_api import Api
 from tests.test_pipeline import runner_for

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from tests.redis_server import redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.test_scaleout import SECRET, WIDGETS, gateways, open_stream, scaleout_env  # noqa: F401 (fixture)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sync import changes
-from sync.db import Database, migrate
+from sync.read import changes
+from sync.store.db import Database, migrate
 from tests.test_cli_knowledge import run
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.cli import main
 from sync.clock import utc_iso
-from sync.db import migrate
+from sync.store.db import migrate
 
 DAY = 86_400.0
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.simulator import GitLabSimulator
-from sync.db import Database
+from gateway.simulator.gitlab import GitLabSimulator
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from gateway.cli import main
+from gateway.tokens import KEY_FILE_NAME, Principal, TokenStore, signing_keys
 from sync.clock import SystemClock
 from sync.config import load_config
-from sync.db import Database
-from sync.tokens import KEY_FILE_NAME, Principal, TokenStore, signing_keys
+from sync.store.db import Database
 
 
 @pytest.fixture

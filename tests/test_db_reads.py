@@ -7,17 +7,10 @@ import threading
 
 import pytest
 
-from sync.db import INLINE_BUDGET, Database
+from sync.store.db import INLINE_BUDGET, Database
 
 # About 200k VM steps of pure computation: far more than INLINE_BUDGET on any machine.
 LONG = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) SELECT sum(i) FROM n"
-
-
-@pytest.fixture
-async def db(tmp_path):
-    database = await Database.open(tmp_path / "lore.db")
-    yield database
-    await database.close()
 
 
 async def test_a_quick_read_is_answered_on_the_event_loop_thread(db: Database) -> None:

@@ -11,12 +11,12 @@ import pytest
 from aiohttp import web
 
 from sync.clock import SystemClock
-from sync.db import Database
-from sync.embeddings import EmbeddingClient, VectorIndex, refresh_embeddings
+from sync.control.runner import SyncRunner
 from sync.errors import TransientError
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
+from sync.ingest.embeddings import EmbeddingClient, VectorIndex, refresh_embeddings
+from sync.ingest.pipeline import SyncRequest
+from sync.store.db import Database
 
 DIM = 64
 

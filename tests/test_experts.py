@@ -10,11 +10,11 @@ import pytest
 
 from sync.clock import SystemClock, utc_iso
 from sync.config import ExpertsConfig
-from sync.db import Database
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.experts import PathPrefix, decayed, find_experts
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
+from sync.ingest.pipeline import SyncRequest
+from sync.read.experts import PathPrefix, decayed, find_experts
+from sync.store.db import Database
 
 NOW = 1_800_000_000.0
 DAY = 86_400.0

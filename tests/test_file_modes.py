@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app import create_app
-from sync.db import Database, make_private
+from sync.store.db import Database, make_private
 from tests.conftest import make_config
 from tests.test_cli_sync import cli_env
 

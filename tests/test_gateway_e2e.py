@@ -16,8 +16,8 @@ import aiohttp
 
 from gateway.app import create_app
 from gateway.server import running
-from gateway.simulator import GitLabSimulator
-from sync.db import Database
+from gateway.simulator.gitlab import GitLabSimulator
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config
 
 SECRET = "e2e-webhook-secret"

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from sync.clock import FakeClock
 from sync.errors import PermanentError, TransientError
-from sync.gitlab import GitLabClient, RetryPolicy
+from sync.gitlab.client import GitLabClient, RetryPolicy
 
 TOKEN = "glpat-s3cr3t-t0ken-value"
 NOW = 1_800_000_000.0
@@ -547,7 +547,7 @@ async def test_the_token_never_appears_in_errors_logs_or_repr(serve, make_client
     handler, _ = scripted(echo, json_response({"message": f"token {TOKEN} revoked"}, status=401))
     client = make_client(await serve(handler))
 
-    with caplog.at_level(logging.DEBUG, logger="sync.gitlab"):
+    with caplog.at_level(logging.DEBUG, logger="sync.gitlab.client"):
         with pytest.raises(PermanentError) as caught:
             await client.get("/projects/12")
 

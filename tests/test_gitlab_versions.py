@@ -7,16 +7,16 @@ from typing import Any
 
 import pytest
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock, SystemClock
-from sync.db import Database
+from sync.control.runner import SyncRunner
+from sync.control.scheduler import Scheduler
+from sync.control.status import read_service_state
 from sync.errors import PermanentError
 from sync.events import EventBus
-from sync.gitlab import GitLabClient
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
-from sync.scheduler import Scheduler
-from sync.status import read_service_state
+from sync.gitlab.client import GitLabClient
+from sync.ingest.pipeline import SyncRequest
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config
 
 PROJECTS = ("acme/widgets", "acme/gadgets")

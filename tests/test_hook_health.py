@@ -11,12 +11,12 @@ from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.cli.sync_cmds import render_status
 from gateway.keys import CLOCK, DB, SCHEDULER
-from gateway.simulator import GitLabSimulator, Webhook
+from gateway.simulator.gitlab import GitLabSimulator, Webhook
 from sync.config import Config
-from sync.gitlab import GitLabClient
-from sync.hooks import HookManager, Manifest, default_hook_url, wanted_hook
-from sync.instance import Instance
-from sync.runs import RunLog
+from sync.control.runs import RunLog
+from sync.gitlab.client import GitLabClient
+from sync.gitlab.hooks import HookManager, Manifest, default_hook_url, wanted_hook
+from sync.gitlab.instance import Instance
 from tests.conftest import SIM_TOKEN
 
 SECRET = "health-secret"

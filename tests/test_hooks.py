@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import SystemClock
 from sync.config import Config
 from sync.errors import PermanentError
-from sync.gitlab import GitLabClient, RetryPolicy
-from sync.hooks import (
+from sync.gitlab.client import GitLabClient, RetryPolicy
+from sync.gitlab.hooks import (
     HealthStore,
     HookManager,
     Manifest,
@@ -24,7 +24,7 @@ from sync.hooks import (
     default_hook_url,
     wanted_hook,
 )
-from sync.instance import Instance
+from sync.gitlab.instance import Instance
 from tests.conftest import SIM_TOKEN
 
 GITLAB_18 = Instance("18.5.0-ee", "abc", True)

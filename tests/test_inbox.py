@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from sync.clock import FakeClock
-from sync.db import Database
-from sync.inbox import Accepted, Inbox, InboxError, InboxEvent
+from sync.control.inbox import Accepted, Inbox, InboxError, InboxEvent
+from sync.store.db import Database
 
 
 def event(key: str | None = None, *, name: str = "Issue Hook", iid: int | None = 7) -> InboxEvent:

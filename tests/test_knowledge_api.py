@@ -10,9 +10,9 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.auth import TOKENS
 from sync.clock import SystemClock
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
+from sync.ingest.pipeline import SyncRequest
 from tests.test_embeddings import FakeEmbedder
 
 WIDGETS = 1001

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from gateway import logs
 from gateway.app import create_app
 from gateway.auth import TOKENS
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from tests.conftest import make_config
 
 SECRET = "webhook-secret-do-not-log"

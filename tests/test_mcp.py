@@ -18,10 +18,10 @@ from gateway.auth import TOKENS
 from gateway.mcp_tools import CHARS_PER_TOKEN
 from sync.clock import SystemClock
 from sync.config import ConfigError
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
-from sync.search import RANK_WINDOW
+from sync.ingest.pipeline import SyncRequest
+from sync.read.search import RANK_WINDOW
 from tests.conftest import make_config
 
 WIDGETS = 1001
@@ -296,7 +296,7 @@ async def test_search_continuation_by_offset_reaches_every_hit_once_and_says_whe
             hits += [h["note_id"] for h in page["items"]]
             offset = page["next_offset"]
             assert offset is None or len(hits) == offset, "each page starts where the last one stopped"
-    # 1,999 notes say "number"; sync.search ranks the newest RANK_WINDOW of them, and the last page says so.
+    # 1,999 notes say "number"; sync.read.search ranks the newest RANK_WINDOW of them, and the last page says so.
     assert len(hits) == len(set(hits)) == RANK_WINDOW
     assert f"at most the {RANK_WINDOW:,} most recently indexed matches" in page["truncated"]
 

@@ -15,12 +15,12 @@ from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.keys import BUS, DB, RUNNER
 from gateway.metrics import BusCounts, Latency
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from gateway.sse import STREAMS
 from sync.clock import FakeClock
 from sync.config import Config
 from sync.events import Event
-from sync.pipeline import SyncRequest
+from sync.ingest.pipeline import SyncRequest
 from tests.conftest import make_config
 
 SECRET = "webhook-secret"

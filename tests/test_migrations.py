@@ -4,8 +4,8 @@ import sqlite3
 
 import pytest
 
-from sync.db import Database, migrate
-from sync.migrations import (
+from sync.store.db import Database, migrate
+from sync.store.migrations import (
     Migration,
     MigrationError,
     apply_migrations,
@@ -106,8 +106,8 @@ async def test_004_moves_issues_and_mrs_to_rowid_tables_keeping_every_row(tmp_pa
     """Rows of a WITHOUT ROWID table over ~1 KB overflow; 004 rebuilds both item tables and must lose nothing."""
     import time
 
-    from gateway.simulator import GitLabSimulator
-    from sync import mirror
+    from gateway.simulator.gitlab import GitLabSimulator
+    from sync.ingest import mirror
 
     path = tmp_path / "lore.db"
     conn = sqlite3.connect(path, isolation_level=None)

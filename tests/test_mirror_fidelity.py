@@ -17,14 +17,14 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.keys import BUS, DB
-from gateway.simulator import TOUCH_INTERVAL, GitLabSimulator
+from gateway.simulator.gitlab import TOUCH_INTERVAL, GitLabSimulator
 from sync.clock import FakeClock, SystemClock
-from sync.db import Database
+from sync.control.runner import SyncRunner
+from sync.control.scheduler import Scheduler
+from sync.control.status import read_service_state
 from sync.events import EventBus
-from sync.pipeline import SyncRequest, Target
-from sync.runner import SyncRunner
-from sync.scheduler import Scheduler
-from sync.status import read_service_state
+from sync.ingest.pipeline import SyncRequest, Target
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config
 from tests.test_cli_sync import cli, cli_env
 from tests.test_scheduler import FakeRunner, Rig
@@ -450,7 +450,7 @@ async def test_a_projects_first_sync_counts_as_its_reconcile_so_none_follows_at_
 async def test_a_timer_only_install_reconciles_once_the_interval_has_passed(
     db: Database, tmp_path: Path, age_hours: float, reconcile: bool
 ) -> None:
-    from sync.service import scheduled_attempt
+    from gateway.ops.service import scheduled_attempt
     from tests.test_service import ScriptedRunner, policy_config
 
     clock = FakeClock()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.cli import main
-from sync import mounts
-from sync.mounts import Mount, mount_of
+from sync.store import mounts
+from sync.store.mounts import Mount, mount_of
 
 
 def mount_table(tmp_path: Path, *entries: tuple[str, str]) -> Path:

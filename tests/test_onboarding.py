@@ -18,9 +18,9 @@ import pytest
 
 from gateway.cli.base import UsageError
 from gateway.cli.init_cmds import Asker, gather
-from gateway.simulator import PROFILES, GitLabSimulator
+from gateway.simulator.gitlab import PROFILES, GitLabSimulator
 from sync.config import load_config
-from sync.doctor import check_config, check_redis
+from sync.control.doctor import check_config, check_redis
 from tests.conftest import SIM_TOKEN, make_config
 from tests.redis_server import free_port as free_redis_port
 from tests.redis_server import redis_url  # noqa: F401 (fixture)

@@ -27,16 +27,16 @@ from hypothesis import strategies as st
 from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.openapi import PATH, document
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import SystemClock
-from sync.db import Database
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
+from sync.ingest.pipeline import SyncRequest
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config
 
 # Documented routes that no module registers yet, as ("METHOD", "/path"): empty now that every route of
-# DESIGN.md has landed. A route documented ahead of its handler goes here until it lands; the test below
+# docs/api.md has landed. A route documented ahead of its handler goes here until it lands; the test below
 # fails for an entry that has become registered, so the list cannot go stale.
 NOT_YET_REGISTERED: set[tuple[str, str]] = set()
 METHODS = ("get", "post", "put", "patch", "delete")

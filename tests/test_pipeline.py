@@ -7,11 +7,11 @@ import time
 import pytest
 from aiohttp import web
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import SystemClock
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest, Target
-from sync.runner import SyncRunner
+from sync.ingest.pipeline import SyncRequest, Target
 
 
 async def counts(db, table: str) -> int:

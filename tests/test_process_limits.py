@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from sync.db import migrate
+from sync.store.db import migrate
 from tests.gateway_process import Child, gateway_process
 
 PROJECT = 1001

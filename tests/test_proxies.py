@@ -12,7 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.app import create_app
 from gateway.proxies import forwarded_hops, parse_address, resolve
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock
 from sync.config import ConfigError, load_config
 from tests.conftest import make_config

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from sync.control.lock import LockUnavailable
 from sync.events import Event
-from sync.lock import LockUnavailable
-from sync.redis_bus import RedisEventBus, redis_client
-from sync.redis_lock import LeaderLease, RedisLock
+from sync.scaleout.redis_bus import RedisEventBus, redis_client
+from sync.scaleout.redis_lock import LeaderLease, RedisLock
 from tests.redis_server import RedisServer, redis_server, redis_url  # noqa: F401 (fixtures)
 
 SETTLE = 5.0  # a guard against a hung test, never a timing assumption

@@ -17,8 +17,8 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from gateway.simulator import GitLabSimulator
-from sync.db import Database
+from gateway.simulator.gitlab import GitLabSimulator
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN
 from tests.test_gateway_e2e import free_port, wait_for
 

@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 import pytest
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from tests.redis_server import RedisServer, free_port, redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.test_cli_sync import cli, cli_env
 

@@ -16,18 +16,18 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock, utc_iso
 from sync.config import Config, load_config
-from sync.db import Database
-from sync.errors import PermanentError, SyncError, SyncInProgress, TransientError
+from sync.control.inbox_queries import InboxEvent, targets_for
+from sync.control.runner import SyncRunner
+from sync.control.scheduler import STATE_POLL, Scheduler, backoff_delay, resume_service
+from sync.control.status import read_service_state
+from sync.errors import PermanentError, SyncInProgress, TransientError
 from sync.events import Event, EventBus
-from sync.inbox_queries import InboxEvent, targets_for
-from sync.pipeline import SyncRequest, Target
-from sync.runner import SyncRunner
-from sync.runs import Run, RunLog
-from sync.scheduler import STATE_POLL, Scheduler, backoff_delay, resume_service
-from sync.status import read_service_state
+from sync.ingest.pipeline import Target
+from sync.store.db import Database
+from tests.conftest import FakeRunner
 
 INTERVAL = 1800.0
 DEBOUNCE = 2.0
@@ -51,50 +51,6 @@ def make_config(data_dir: Path, url: str = "http://gitlab.invalid", **env: str) 
     }
     values.update({f"LORE_GATEWAY_{k.upper()}": v for k, v in env.items()})
     return load_config(None, values)
-
-
-class FakeRunner:
-    """Records requests and answers from a script: "ok", a SyncError to fail with, or SyncInProgress to raise.
-
-    With `hold` set, each run waits for `release()` (a long run); `cancelled` tells whether one was cancelled.
-    """
-
-    def __init__(self, db: Database, clock: FakeClock) -> None:
-        self.runs = RunLog(db, clock)
-        self.clock = clock
-        self.script: list[str | SyncError] = []
-        self.requests: list[SyncRequest] = []
-        self.started_at: list[float] = []
-        self.hold = False
-        self.entered = asyncio.Event()
-        self.cancelled = False
-        self._release = asyncio.Event()
-
-    def release(self) -> None:
-        self._release.set()
-
-    async def run(self, request: SyncRequest, *, wait: bool = False) -> Run:
-        self.requests.append(request)
-        self.started_at.append(self.clock.now())
-        outcome = self.script.pop(0) if self.script else "ok"
-        if isinstance(outcome, SyncInProgress):
-            raise outcome
-        run_id = await self.runs.start(request.trigger, request.profile, "fake")
-        self.entered.set()
-        if self.hold:
-            try:
-                await self._release.wait()
-            except asyncio.CancelledError:
-                self.cancelled = True
-                raise
-            self._release.clear()
-        if isinstance(outcome, SyncError):
-            await self.runs.finish(run_id, "failed", {}, [], outcome)
-        else:
-            await self.runs.finish(run_id, "succeeded", {"issues": 1}, [])
-        run = await self.runs.get(run_id)
-        assert run is not None
-        return run
 
 
 class Rig:
@@ -162,13 +118,6 @@ class Rig:
 
     def published(self, name: str) -> list[dict[str, Any]]:
         return [e.data for e in self.events if e.name == name]
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "lore.db")
-    yield database
-    await database.close()
 
 
 @pytest.fixture

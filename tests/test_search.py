@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from sync import search as search_module
 from sync.clock import SystemClock
-from sync.db import Database
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
-from sync.search import SearchQueryError, fts_query, match_error, search
+from sync.ingest.pipeline import SyncRequest
+from sync.read import search as search_module
+from sync.read.search import SearchQueryError, fts_query, match_error, search
+from sync.store.db import Database
 
 
 async def add_documents(db: Database, *docs: tuple[str, int, int, int, str, str]) -> None:

@@ -2,11 +2,11 @@
 
 import orjson
 
-from sync import queries
 from sync.clock import SystemClock
+from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
+from sync.ingest.pipeline import SyncRequest
+from sync.read import queries
 
 
 async def page(db, kind):

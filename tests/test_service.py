@@ -24,16 +24,8 @@ import pytest
 
 from gateway.cli import main, service_cmds
 from gateway.cli.service_cmds import lore_gateway_command, readiness_url
-from sync.clock import FakeClock, utc_iso
-from sync.commands import CommandNotFound, CommandResult, CommandTimeout, SubprocessRunner
-from sync.config import Config, ConfigError, load_config
-from sync.db import Database
-from sync.errors import PermanentError, TransientError
-from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
-from sync.runs import Run, RunLog
-from sync.service import (
+from gateway.ops.commands import CommandNotFound, CommandResult, CommandTimeout, SubprocessRunner
+from gateway.ops.service import (
     DAEMON_UNIT,
     ENV_FILE_NAME,
     SYNC_UNIT,
@@ -53,7 +45,15 @@ from sync.service import (
     scheduled_attempt,
     service_status,
 )
-from sync.status import read_service_state
+from sync.clock import FakeClock, utc_iso
+from sync.config import Config, ConfigError, load_config
+from sync.control.runner import SyncRunner
+from sync.control.runs import Run, RunLog
+from sync.control.status import read_service_state
+from sync.errors import PermanentError, TransientError
+from sync.events import EventBus
+from sync.ingest.pipeline import SyncRequest
+from sync.store.db import Database
 
 SIGNING_TOKEN = "whsec_" + base64.b64encode(b"standard-webhooks-signing-key!").decode()
 SECRET_ENV = {
@@ -219,7 +219,7 @@ async def test_the_env_file_is_private_before_its_first_byte_lands(rig: Rig, mon
         modes[Path(target).name] = stat.S_IMODE(os.stat(source).st_mode)  # the temp file, written, not yet renamed
         real_replace(source, target)
 
-    monkeypatch.setattr("sync.service.os.replace", spy)
+    monkeypatch.setattr("gateway.ops.service.os.replace", spy)
     await rig.install()
     assert modes[ENV_FILE_NAME] == 0o600
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures" / "gitlab" / "rest"

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from gateway.simulator import GitLabSimulator
-from gateway.simulator_profiles import DEFAULT_PROFILE
+from gateway.simulator.gitlab import GitLabSimulator
+from gateway.simulator.profiles import DEFAULT_PROFILE
 from sync.clock import FakeClock
-from sync.workitems import build_query
+from sync.ingest.workitems import build_query
 
 TOKEN = {"PRIVATE-TOKEN": "sim-token"}
 

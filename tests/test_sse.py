@@ -26,9 +26,9 @@ from gateway.keys import BUS
 from gateway.sse import PATH, STREAMS, EventStreams, StreamSettings, opening_events
 from sync.clock import FakeClock, SystemClock
 from sync.config import Config, load_config
-from sync.db import Database
+from sync.control.runs import RunLog
 from sync.events import Event, EventBus
-from sync.runs import RunLog
+from sync.store.db import Database
 
 SETTLE = 5.0  # a guard against a hung test, never a timing assumption
 SNAPSHOT_FIELDS = {"state", "next_run_at", "paused_reason", "consecutive_failures"}

@@ -22,14 +22,14 @@ from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.keys import CONFIG, SCHEDULER
 from gateway.server import running
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import SystemClock
 from sync.config import Config
-from sync.db import Database
-from sync.gitlab import GitLabClient
-from sync.hooks import HookManager, Manifest, default_hook_url, wanted_hook
-from sync.instance import Instance
-from sync.runs import RunLog
+from sync.control.runs import RunLog
+from sync.gitlab.client import GitLabClient
+from sync.gitlab.hooks import HookManager, Manifest, default_hook_url, wanted_hook
+from sync.gitlab.instance import Instance
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN
 
 try:

@@ -22,11 +22,11 @@ from gateway.auth import TOKENS
 from gateway.keys import BUS, CLOCK, CONFIG, DB, SCHEDULER
 from sync.clock import FakeClock, utc_iso
 from sync.config import Config, load_config
-from sync.db import Database
-from sync.errors import PermanentError, SyncError, TransientError
-from sync.pipeline import SyncRequest
-from sync.runs import Run, RunLog
-from sync.scheduler import Scheduler
+from sync.control.runs import RunLog
+from sync.control.scheduler import Scheduler
+from sync.errors import PermanentError, TransientError
+from sync.store.db import Database
+from tests.conftest import FakeRunner
 
 SETTLE = 5.0  # a guard against a hung test, never a timing assumption
 STATUS_FIELDS = {"scheduler_state", "last_sync", "last_success_at", "recent_runs", "next_run_at", "backoff",
@@ -45,37 +45,6 @@ def gateway_config(data_dir: Path, *, gitlab: bool = True) -> Config:
         values.update({"LORE_GATEWAY_GITLAB_URL": "http://gitlab.invalid", "LORE_GATEWAY_GITLAB_TOKEN": "t",
                        "LORE_GATEWAY_GITLAB_PROJECTS": "acme/widgets"})
     return load_config(None, values)
-
-
-class FakeRunner:
-    """Answers from a script ("ok" or a SyncError); with `hold`, each run waits for `release()`."""
-
-    def __init__(self, db: Database, clock: FakeClock) -> None:
-        self.runs = RunLog(db, clock)
-        self.script: list[str | SyncError] = []
-        self.requests: list[SyncRequest] = []
-        self.hold = False
-        self.entered = asyncio.Event()
-        self._release = asyncio.Event()
-
-    def release(self) -> None:
-        self.hold = False
-        self._release.set()
-
-    async def run(self, request: SyncRequest, *, wait: bool = False) -> Run:
-        self.requests.append(request)
-        outcome = self.script.pop(0) if self.script else "ok"
-        run_id = await self.runs.start(request.trigger, request.profile, "fake")
-        self.entered.set()
-        if self.hold:
-            await self._release.wait()
-        if isinstance(outcome, SyncError):
-            await self.runs.finish(run_id, "failed", {}, [], outcome)
-        else:
-            await self.runs.finish(run_id, "succeeded", {"issues": 1}, [])
-        run = await self.runs.get(run_id)
-        assert run is not None
-        return run
 
 
 @dataclass
@@ -266,6 +235,7 @@ async def test_two_posts_during_a_run_coalesce_into_one_follow_up_run(gw: Gatewa
     await gw.post_sync()
     await asyncio.wait_for(gw.runner.entered.wait(), SETTLE)
     assert [(await gw.post_sync()).status for _ in range(2)] == [202, 202]
+    gw.runner.hold = False  # the follow-up run goes straight through
     gw.runner.release()
     await gw.settle()
     assert [r.trigger for r in gw.runner.requests] == ["api", "api"]

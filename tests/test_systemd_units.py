@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.ops.service import DAEMON_UNIT, SYNC_UNIT, TEMPLATE_DIR, TIMER_UNIT, build_spec, render
 from sync.config import GatewayConfig, load_config
-from sync.service import DAEMON_UNIT, SYNC_UNIT, TEMPLATE_DIR, TIMER_UNIT, build_spec, render
 
 ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")

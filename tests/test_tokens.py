@@ -12,10 +12,7 @@ import orjson
 import pytest
 from itsdangerous import TimestampSigner, URLSafeSerializer, URLSafeTimedSerializer
 
-from sync.clock import FakeClock
-from sync.config import AuthConfig, Config, ConfigError, GatewayConfig
-from sync.db import Database
-from sync.tokens import (
+from gateway.tokens import (
     KEY_FILE_NAME,
     TICKET_SALT,
     TOKEN_SALT,
@@ -25,15 +22,11 @@ from sync.tokens import (
     UnknownToken,
     signing_keys,
 )
+from sync.clock import FakeClock
+from sync.config import AuthConfig, Config, ConfigError, GatewayConfig
+from sync.store.db import Database
 
 KEYS = ("key-one-" + "k" * 32,)
-
-
-@pytest.fixture
-async def db(tmp_path: Path):
-    database = await Database.open(tmp_path / "lore.db")
-    yield database
-    await database.close()
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import orjson
 import pytest
 
 from gateway import webhooks
-from gateway.simulator import GitLabSimulator, Webhook
-from sync import inbox_queries
+from gateway.simulator.gitlab import GitLabSimulator, Webhook
 from sync.clock import FakeClock
 from sync.config import WebhookConfig
-from sync.db import Database
+from sync.control import inbox_queries
+from sync.store.db import Database
 from tests.test_webhooks import NOW, SECRET, SIGNING_TOKEN, URL, MakeClient, gateway  # noqa: F401
 
 MB = 1_000_000

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway import webhooks
-from gateway.simulator import GitLabSimulator, Webhook
+from gateway.simulator.gitlab import GitLabSimulator, Webhook
 from sync.clock import FakeClock
 from tests.test_webhooks import NOW, MakeClient, gateway  # noqa: F401  (the fixture)
 

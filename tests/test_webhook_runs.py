@@ -11,9 +11,9 @@ from typing import Any
 
 from gateway.app import create_app
 from gateway.keys import DB
-from gateway.simulator import GitLabSimulator, Webhook
+from gateway.simulator.gitlab import GitLabSimulator, Webhook
 from sync.clock import FakeClock
-from sync.db import Database
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config
 
 SECRET = "runs-webhook-secret"

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient
 from gateway import webhooks
 from gateway.app import create_app
 from gateway.keys import BUS, DB
-from gateway.simulator import GitLabSimulator, Webhook, sign_webhook
+from gateway.simulator.gitlab import GitLabSimulator, Webhook, sign_webhook
 from sync.clock import FakeClock
 from sync.config import Config, GatewayConfig, RateLimitConfig, WebhookConfig
 from sync.events import Event

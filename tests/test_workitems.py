@@ -8,15 +8,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.simulator import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import SystemClock
-from sync.db import Database
+from sync.control.runner import SyncRunner
+from sync.control.status import sync_status
 from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.queries import work_item_status_filter_sql
-from sync.runner import SyncRunner
-from sync.status import sync_status
-from sync.workitems import BatchSizer
+from sync.ingest.pipeline import SyncRequest
+from sync.ingest.workitems import BatchSizer
+from sync.read.queries import work_item_status_filter_sql
+from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config
 
 LARGEST_ACCEPTED = 40  # 5 + 6 * 40 = 245 <= 250 < 5 + 6 * 41

@@ -28,9 +28,7 @@ from gateway.cli import (
 )
 from gateway.cli.base import CommandFailed, Context, Parser, UsageError
 from gateway.cli.changes_cmds import register as register_changes
-from sync.config import Config, ConfigError, load_config
-from sync.errors import SyncError
-from sync.migrations import MigrationError
+from sync import Config, ConfigError, MigrationError, SyncError, load_config
 
 COMMAND_GROUPS = [serve_cmds, sync_cmds, token_cmds, service_cmds, backup_cmds, knowledge_cmds, init_cmds, hooks_cmds,
                   doctor_cmds]

@@ -1,4 +1,4 @@
-"""`backup PATH`: a consistent copy of the store while the gateway keeps running (sync/backup.py)."""
+"""`backup PATH`: a consistent copy of the store while the gateway keeps running (sync/store/backup.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.base import CommandFailed, Context, json_flag
-from sync.backup import BackupError, backup_database
+from sync import BackupError, backup_database
 
 
 def register(commands: Any) -> None:

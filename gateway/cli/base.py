@@ -9,8 +9,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from sync.config import Config, ensure_data_dir
-from sync.db import Database
+from aiohttp import web
+
+from gateway.server import ListenError, running
+from sync import Config, Database, ensure_data_dir
 
 
 class UsageError(Exception):
@@ -67,3 +69,13 @@ def json_flag(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
     parser.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="TOML config file")
+
+
+@asynccontextmanager
+async def listening(app: web.Application, host: str, port: int) -> AsyncIterator[str]:
+    """The app served on host:port (its URL), or CommandFailed(listen_failed) when it cannot bind."""
+    try:
+        async with running(app, host, port) as url:
+            yield url
+    except ListenError as exc:
+        raise CommandFailed("listen_failed", str(exc)) from exc

@@ -1,4 +1,4 @@
-"""`changes`: the change feed (sync.changes) from the command line, read from the local database.
+"""`changes`: the change feed (sync.read.changes) from the command line, read from the local database.
 
 `--json` prints what GET /api/v1/changes would answer; the text form is one line a change, then the
 cursor to pass as `--since` next time. A cursor the feed can no longer continue exits 1 with
@@ -10,8 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
-from sync.changes import DEFAULT_LIMIT, MAX_LIMIT, Change, CursorExpired, InvalidChangeCursor, read_changes
-from sync.search import project_paths
+from sync import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    Change,
+    CursorExpired,
+    InvalidChangeCursor,
+    project_paths,
+    read_changes,
+)
 
 _REFERENCE = {"issue": "#", "merge_request": "!"}  # GitLab's own reference style: group/project#12, !7
 

@@ -1,6 +1,6 @@
 """`doctor`: one line a check (ok, warn or fail) with its fix; exit 1 when anything fails.
 
-The checks live in the engine (sync.doctor); this module only lays them out.
+The checks live in the engine (sync.control.doctor); this module only lays them out.
 """
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.cli.base import CommandFailed, Context, json_flag
-from sync.clock import SystemClock
-from sync.doctor import FAIL, OK, Check, run_checks
+from sync import FAIL, OK, Check, SystemClock, run_checks
 
 
 def register(commands: Any) -> None:

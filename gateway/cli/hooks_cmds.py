@@ -1,6 +1,6 @@
 """`hooks install | status | uninstall`: the configured projects' webhooks in GitLab, through its API.
 
-The engine (sync.hooks) decides what a hook should look like and talks to GitLab; this module picks the
+The engine (sync.gitlab.hooks) decides what a hook should look like and talks to GitLab; this module picks the
 projects and the URL, prints one line a project, and keeps the manifest on disk whatever happens.
 """
 
@@ -13,20 +13,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.cli.base import Context, UsageError, json_flag
-from sync.clock import SystemClock
-from sync.config import ensure_data_dir
-from sync.gitlab import GitLabClient
-from sync.hooks import (
+from sync import (
+    GitLabClient,
     HealthStore,
     HookManager,
     HookResult,
     Manifest,
+    SystemClock,
     default_hook_url,
     disabled_message,
+    ensure_data_dir,
     health_of,
+    read_instance,
     wanted_hook,
 )
-from sync.instance import read_instance
 
 _URL_HELP = ("the URL GitLab posts to (default: webhook.url, else "
              "http://<gateway.host>:<gateway.port>/webhooks/gitlab)")

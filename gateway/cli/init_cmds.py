@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag
-from sync.config import CONFIG_ENV, ConfigError, load_config
+from sync import CONFIG_ENV, ConfigError, load_config
 
 DEFAULT_CONFIG = Path("~/.config/lore-gateway/config.toml")
 SIGNING_KEY_BYTES = 48  # API-token signing key; well above the 32 bytes the gateway requires

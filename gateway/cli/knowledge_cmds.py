@@ -10,11 +10,24 @@ import sys
 from typing import Any
 
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
-from sync.clock import SystemClock, utc_iso
-from sync.db import Database
-from sync.embeddings import EmbeddingClient, VectorIndex
-from sync.experts import Expert, find_experts, mirrored_projects, resolve_project
-from sync.search import KINDS, MARK_CLOSE, MARK_OPEN, SearchHit, SearchQueryError, project_paths, search
+from sync import (
+    KINDS,
+    MARK_CLOSE,
+    MARK_OPEN,
+    Database,
+    EmbeddingClient,
+    Expert,
+    SearchHit,
+    SearchQueryError,
+    SystemClock,
+    VectorIndex,
+    find_experts,
+    mirrored_projects,
+    project_paths,
+    resolve_project,
+    search,
+    utc_iso,
+)
 
 MAX_LIMIT = 100
 

@@ -1,6 +1,6 @@
 """`service install|uninstall|status`, and the hidden `service run` and `service wait-ready` the units call.
 
-Thin on purpose: sync/service.py renders, plans and applies; this module finds the executable, turns
+Thin on purpose: gateway/ops/service.py renders, plans and applies; this module finds the executable, turns
 flags into a ServiceSpec, prints what happened (or would), and maps a ServiceError to exit 1.
 """
 
@@ -21,13 +21,8 @@ import aiohttp
 
 from gateway.cli.base import CommandFailed, Context, Parser, UsageError, json_flag, open_database
 from gateway.cli.sync_cmds import describe_run
-from sync.clock import SystemClock, utc_iso
-from sync.commands import CommandRunner, SubprocessRunner
-from sync.config import parse_duration
-from sync.events import EventBus
-from sync.runner import SyncRunner
-from sync.runs import PROFILES
-from sync.service import (
+from gateway.ops.commands import CommandRunner, SubprocessRunner
+from gateway.ops.service import (
     Attempt,
     InstallPlan,
     ServiceError,
@@ -47,6 +42,7 @@ from sync.service import (
     scheduled_attempt,
     service_status,
 )
+from sync import PROFILES, SYNC_DISABLED, EventBus, SyncRunner, SystemClock, parse_duration, utc_iso
 
 # The seam tests replace: every systemctl call goes through the runner this returns.
 RUNNER_FACTORY: Callable[[], CommandRunner] = SubprocessRunner
@@ -320,7 +316,7 @@ def _skip_reason(attempt: Attempt) -> str:
         "paused": f"the scheduler is paused ({state.paused_reason}); run `lore-gateway resume` once fixed",
         "backoff": f"backing off after {state.consecutive_failures} failures until {utc_iso(state.next_retry_at)}",
         "sync_in_progress": "another sync is running",
-        "sync_disabled": "sync is disabled until gitlab.url and a token are set",
+        "sync_disabled": SYNC_DISABLED,
     }[attempt.skipped or ""]
 
 

@@ -9,14 +9,19 @@ from contextlib import asynccontextmanager, suppress
 from typing import Any, TextIO
 
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
-from sync.clock import SystemClock
-from sync.config import ensure_data_dir
-from sync.db import migrate
-from sync.events import EventBus
-from sync.pipeline import SyncRequest
-from sync.runner import SyncRunner
-from sync.runs import PROFILES, Run
-from sync.status import sync_status
+from sync import (
+    PROFILES,
+    SYNC_DISABLED,
+    EventBus,
+    Run,
+    SyncProgress,
+    SyncRequest,
+    SyncRunner,
+    SystemClock,
+    ensure_data_dir,
+    migrate,
+    sync_status,
+)
 
 
 def register(commands: Any) -> None:
@@ -53,8 +58,7 @@ async def cmd_sync(ctx: Context) -> dict[str, Any]:
     args, config = ctx.args, ctx.config
     if not config.gitlab.enabled:
         raise UsageError(
-            "sync is disabled until gitlab.url and a token are set (gitlab.token_file or "
-            "LORE_GATEWAY_GITLAB_TOKEN)"
+            f"{SYNC_DISABLED} (gitlab.token_file or LORE_GATEWAY_GITLAB_TOKEN)"
         )
     request = SyncRequest(
         trigger="manual",
@@ -166,7 +170,7 @@ async def show_progress(bus: EventBus, stream: TextIO) -> AsyncIterator[None]:
 async def _print_progress(subscription: Any, stream: TextIO, tty: bool) -> None:
     while True:
         event = await subscription.get()
-        if event.name != "sync.progress":
+        if event.name != SyncProgress.name:
             continue
         stage, done, total = event.data["stage"], event.data["done"], event.data["total"]
         if tty:

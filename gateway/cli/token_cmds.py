@@ -1,7 +1,7 @@
 """`token create | list | revoke`: API tokens managed from the command line.
 
 The token text is printed once, by `create`, and is never stored or shown again; the signing keys
-come from the same place `serve` takes them (sync.tokens.signing_keys), so both agree.
+come from the same place `serve` takes them (gateway.tokens.signing_keys), so both agree.
 """
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ import argparse
 from typing import Any
 
 from gateway.cli.base import CommandFailed, Context, UsageError, json_flag, open_database
-from sync.clock import SystemClock, utc_iso
-from sync.config import ConfigError, parse_duration
-from sync.db import Database
-from sync.tokens import SCOPES, BadTokenRequest, TokenInfo, TokenStore, UnknownToken, signing_keys
+from gateway.tokens import SCOPES, BadTokenRequest, TokenInfo, TokenStore, UnknownToken, signing_keys
+from sync import ConfigError, Database, SystemClock, parse_duration, utc_iso
 
 
 def register(commands: Any) -> None:

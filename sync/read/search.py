@@ -1,0 +1,283 @@
+"""Full-text search over the documents index (FTS5, bm25): the engine behind GET /api/v1/search.
+
+The query is FTS5 syntax passed through (phrases, AND/OR/NOT, prefix*, NEAR), except that words FTS5
+cannot take bare (src/auth/session.py, token-refresh) are quoted first; what is still malformed raises
+SearchQueryError (a 400). Ranking: exact title matches first, then bm25 with titles weighted 10 to 1.
+Type and project filters are FTS5 terms too (migrations/007), so they narrow before anything is
+ranked; and a query matching more than RANK_WINDOW documents is ranked among its RANK_WINDOW newest
+matches, which bounds a search's cost whatever it matches (bench/search_bench.py).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from sync.store.db import Database
+
+KINDS = ("issue", "merge_request", "note")
+TITLE_WEIGHT = 10.0
+BODY_WEIGHT = 1.0
+TAGS_WEIGHT = 0.0  # the filter tokens of migrations/007 never add to a score
+# bm25 costs a few microseconds a matching row: ranking all 49,000 matches of a word found nearly
+# everywhere took ~200 ms. Past this many matches, rank the newest ones only (a rowid range FTS5 seeks to).
+RANK_WINDOW = 1_000
+SNIPPET_TOKENS = 16
+MARK_OPEN, MARK_CLOSE, ELLIPSIS = "<mark>", "</mark>", "…"
+# FTS5's snippet() scores a window at every instance of the query's terms: quadratic in their count.
+# A 1 MB description repeating a word 50,000 times took ~28 s; a word 5,000 times in one body, ~190 ms.
+# Bodies longer than this get their snippet made here instead (_plain_snippet), in one regex pass.
+SNIPPET_BODY_LIMIT = 8_192
+
+# A quoted phrase (closed or not), a parenthesis or comma, or a run of anything else.
+_TOKEN = re.compile(r'"(?:[^"]|"")*"|"[^"]*$|[(),]|[^\s"(),]+')
+# What FTS5 takes bare: a word (optionally a `title:`/`body:` column filter, `^` anchor, `*` prefix).
+_BAREWORD = re.compile(r"(?:(?:title|body):)?\^?\w+\*?")
+_OPERATORS = frozenset({"AND", "OR", "NOT", "NEAR", "+"})
+
+
+class SearchQueryError(ValueError):
+    """The search text is not a query FTS5 can run; the message says why, for a person."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    type: str  # issue | merge_request | note
+    project_id: int
+    iid: int  # the item's, or the note's parent's
+    note_id: int | None
+    parent_type: str  # issue | merge_request (a note's parent; an item's own type)
+    title: str
+    snippet: str
+    score: float  # higher is better: -bm25 for text search, cosine similarity for semantic search
+    web_url: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "project_id": self.project_id,
+            "iid": self.iid,
+            "note_id": self.note_id,
+            "parent_type": self.parent_type,
+            "title": self.title,
+            "snippet": self.snippet,
+            "score": self.score,
+            "web_url": self.web_url,
+        }
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    items: list[SearchHit]
+    next_offset: int | None  # where the next page starts, None on the last page
+
+
+def fts_query(text: str) -> str:
+    """The user's query as an FTS5 MATCH expression (words FTS5 cannot take bare are quoted)."""
+    parts = []
+    for token in _TOKEN.findall(text):
+        if token.startswith('"') or token in ("(", ")", ",") or token in _OPERATORS or _BAREWORD.fullmatch(token):
+            parts.append(token)
+        else:
+            parts.append('"' + token + '"')
+    query = " ".join(parts)
+    if not query:
+        raise SearchQueryError("the query is empty")
+    return query
+
+
+async def search(
+    db: Database,
+    text: str,
+    *,
+    kind: str | None = None,
+    project_id: int | None = None,
+    limit: int = 20,
+    offset: int = 0,
+) -> SearchPage:
+    """One page of documents matching `text`, best first; SearchQueryError if it is malformed.
+
+    The page is the exact title matches, then everything else by bm25; `offset` counts through both.
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    match = scoped_query(fts_query(text), kind, project_id)
+    exact = await _exact_title_hits(db, match, _plain(text), kind, project_id)
+    head = exact[offset : offset + limit]
+    wanted = limit - len(head)
+    window = await _window_start(db, match)
+    rest = await _ranked(db, match, window, [h[0] for h in exact], wanted + 1, max(0, offset - len(exact)))
+    rows = head + rest[:wanted]
+    more = len(rest) > wanted
+    words = _query_words(text)
+    return SearchPage([_hit(row, words) for row in rows], offset + limit if more else None)
+
+
+_SELECT = (
+    "SELECT d.id, d.kind, d.project_id, d.iid, d.note_id, d.parent_kind, d.title, d.web_url,"
+    f" CASE WHEN length(d.body) <= {SNIPPET_BODY_LIMIT}"
+    f" THEN snippet(documents_fts, 1, ?, ?, ?, {SNIPPET_TOKENS}) END, documents_fts.rank,"
+    f" CASE WHEN length(d.body) > {SNIPPET_BODY_LIMIT} THEN d.body END"
+    # CROSS JOIN keeps the FTS index in the outer loop, so FTS5 itself yields rows in rank order:
+    # no sort, and a snippet is made only for the rows returned (not for every match).
+    " FROM documents_fts CROSS JOIN documents d ON d.id = documents_fts.rowid"
+    " WHERE documents_fts MATCH ?"
+    f" AND documents_fts.rank MATCH 'bm25({TITLE_WEIGHT}, {BODY_WEIGHT}, {TAGS_WEIGHT})'"
+)
+
+
+def scoped_query(match: str, kind: str | None, project_id: int | None) -> str:
+    """The user's expression over titles and bodies only, AND the filter tokens (migrations/007)."""
+    token = ("" if kind is None else "kind" + kind.replace("_", "")) + (
+        "" if project_id is None else f"project{int(project_id)}"
+    )
+    scoped = "{title body} : (" + match + ")"
+    return f"{scoped} AND tags : {token}" if token else scoped
+
+
+def _filters(kind: str | None, project_id: int | None) -> tuple[str, list[Any]]:
+    sql, params = "", []
+    if kind is not None:
+        sql += " AND d.kind = ?"
+        params.append(kind)
+    if project_id is not None:
+        sql += " AND d.project_id = ?"
+        params.append(project_id)
+    return sql, params
+
+
+async def _window_start(db: Database, match: str) -> int:
+    """The lowest rowid among the RANK_WINDOW newest matches, or 0 when fewer match (rank them all).
+
+    Walking matches newest first costs a fraction of a microsecond each; FTS5 stops at the window."""
+    rows = await _run(
+        db,
+        "SELECT rowid FROM documents_fts WHERE documents_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+        (match, RANK_WINDOW - 1),
+        match,
+    )
+    return rows[0][0] if rows else 0
+
+
+async def _ranked(
+    db: Database, match: str, window: int, exclude: list[int], limit: int, offset: int
+) -> list[sqlite3.Row]:
+    filters, params = " AND documents_fts.rowid >= ?", [window]
+    if exclude:
+        filters += f" AND d.id NOT IN ({','.join('?' * len(exclude))})"
+        params += exclude
+    sql = f"{_SELECT}{filters} ORDER BY documents_fts.rank LIMIT ? OFFSET ?"
+    return await _run(db, sql, (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, *params, limit, offset), match)
+
+
+async def _exact_title_hits(
+    db: Database, match: str, plain: str, kind: str | None, project_id: int | None
+) -> list[sqlite3.Row]:
+    """Issues and MRs whose whole title is the query, that also match it (an index lookup each)."""
+    if not plain or kind == "note":
+        return []
+    filters, params = _filters(kind, project_id)
+    ids = await _run(
+        db,
+        f"SELECT d.id FROM documents d WHERE d.title = ? COLLATE NOCASE AND d.kind != 'note'{filters} ORDER BY d.id",
+        (plain, *params),
+        match,
+    )
+    hits = []
+    for (doc_id,) in ids:
+        # One row each, by rowid: FTS5 seeks the doclists to it instead of walking every match.
+        rows = await _run(
+            db, f"{_SELECT} AND documents_fts.rowid = ?", (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, doc_id), match
+        )
+        hits += rows
+    return hits
+
+
+def _hit(row: sqlite3.Row, words: re.Pattern[str] | None) -> SearchHit:
+    _, kind, project_id, iid, note_id, parent_kind, title, web_url, snippet, rank, long_body = row
+    if long_body is not None:
+        snippet = _plain_snippet(long_body, words)
+    score = -rank
+    return SearchHit(
+        type=kind,
+        project_id=project_id,
+        iid=iid,
+        note_id=note_id or None,
+        parent_type=parent_kind,
+        title=title,
+        snippet=snippet or "",
+        score=float(f"{score:.6g}"),
+        web_url=web_url,
+    )
+
+
+async def _run(db: Database, sql: str, params: tuple, match: str) -> list[sqlite3.Row]:
+    try:
+        return await db.fetchall(sql, params)
+    except sqlite3.OperationalError as exc:
+        problem = match_error(match)
+        if problem is not None:
+            raise SearchQueryError(
+                f"not a valid search query ({problem}): quote a phrase with \"...\", put AND, OR, NOT"
+                " between two terms, and write NEAR(a b, 10) with a whole number"
+            ) from exc
+        raise
+
+
+def match_error(match: str) -> str | None:
+    """What FTS5 says about `match` on its own (None if it runs): run against an empty table with the
+    same columns, so any error of the MATCH expression, whatever FTS5's wording (`fts5: syntax error`,
+    `expected integer, got "b"` for NEAR(a, b), `no such column`), is told apart from a fault of ours."""
+    probe = sqlite3.connect(":memory:")
+    try:
+        probe.execute("CREATE VIRTUAL TABLE q USING fts5(title, body, tags, tokenize='unicode61 remove_diacritics 2')")
+        probe.execute("SELECT rowid FROM q WHERE q MATCH ?", (match,)).fetchall()
+    except sqlite3.OperationalError as exc:
+        return str(exc)
+    finally:
+        probe.close()
+    return None
+
+
+def _query_words(text: str) -> re.Pattern[str] | None:
+    """The query's words (a trailing * a prefix) as one case-insensitive pattern, for _plain_snippet."""
+    alternatives = []
+    for word in re.findall(r"\w+\*?", text):
+        if word.rstrip("*") in _OPERATORS or word.rstrip("*").lower() in ("title", "body"):
+            continue
+        stem = re.escape(word.rstrip("*"))
+        alternatives.append(stem + r"\w*" if word.endswith("*") else stem)
+    if not alternatives:
+        return None
+    return re.compile(r"\b(?:" + "|".join(alternatives) + r")\b", re.IGNORECASE)
+
+
+def _plain_snippet(body: str, words: re.Pattern[str] | None) -> str:
+    """About SNIPPET_TOKENS words of a long body around its first query word, marked as snippet() does.
+
+    Linear in the body, where FTS5's snippet() is quadratic in the matches (SNIPPET_BODY_LIMIT). The
+    words are the query's own; FTS5's tokenizer also folds diacritics, which this does not, so a
+    match it found may go unmarked here: the snippet is then the body's start."""
+    first = words.search(body) if words is not None else None
+    start = 0 if first is None else first.start()
+    before = body[max(0, start - 400) : start].split()[-(SNIPPET_TOKENS // 2) :]
+    after = body[start : start + 800].split()[: SNIPPET_TOKENS - len(before)]
+    window = " ".join(before + after)
+    if words is not None:
+        window = words.sub(lambda m: MARK_OPEN + m.group(0) + MARK_CLOSE, window)
+    lead = ELLIPSIS if start > 0 and before else ""
+    tail = ELLIPSIS if start + 800 < len(body) or len(after) == SNIPPET_TOKENS - len(before) else ""
+    return lead + window + tail
+
+
+def _plain(text: str) -> str:
+    """The query as words, for comparing with titles (quotes and extra spaces dropped)."""
+    return " ".join(text.replace('"', " ").split())
+
+
+async def project_paths(db: Database) -> dict[int, str]:
+    """path_with_namespace of every mirrored project, by id (for showing results to people)."""
+    rows = await db.fetchall("SELECT id, path_with_namespace FROM projects")
+    return {row[0]: row[1] for row in rows}

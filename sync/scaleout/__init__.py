@@ -1,0 +1,2 @@
+"""Scale-out over Redis: the event bus shared by several gateway processes, and the distributed lock.
+"""
