@@ -1,10 +1,10 @@
 """Rate limits for `/api/v1`: one budget per token, one per address for everyone else.
 
-The limit is decided in a middleware, before authentication, so even a flood of bad tokens costs a
+The limit is decided in the middleware (gateway.front), before authentication, so even a flood of bad tokens costs a
 budget: a bearer token counts as its own only once it has verified (remembered for a few seconds, so
 the store is not asked every request); a missing or bad one is charged to the caller's address (the
 forwarded one behind a trusted proxy: gateway/proxies.py). The
-RateLimit-* headers go on in `on_response_prepare`, so every response carries them: errors, 304s and
+RateLimit-* headers go on in `on_response_prepare` (gateway.front), so every response carries them: errors, 304s and
 streams whose headers were sent by the handler.
 """
 
@@ -17,7 +17,7 @@ from aiohttp import web
 
 from gateway import ratelimit
 from gateway.auth import TOKENS
-from gateway.http import ApiError, Handler
+from gateway.http import ApiError
 from gateway.keys import CLOCK, CONFIG
 from gateway.proxies import client_address
 from gateway.ratelimit import LIMITER, Decision
@@ -78,27 +78,19 @@ async def bucket(request: web.Request) -> str:
     return f"api-addr:{client_address(request)}"
 
 
-def _is_api(path: str) -> bool:
+def is_api(path: str) -> bool:
     return path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/")
 
 
-@web.middleware
-async def api_rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not _is_api(request.path):
-        return await handler(request)
+async def spend(request: web.Request) -> None:
+    """Spend one hit of the caller's budget (gateway.front, for every is_api path); ApiError 429 past it.
+    The decision is kept on the request: gateway.front puts its headers on whatever answers."""
     decision = await request.app[LIMITER].hit(request.app[CONFIG].ratelimit.api, await bucket(request))
     request[DECISION] = decision
     if not decision.allowed:
         raise ApiError(429, "rate_limited",
                        f"rate limit exceeded; retry in {decision.reset_after} s",
                        headers=ratelimit.headers(decision))
-    return await handler(request)
-
-
-async def _add_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    decision = request.get(DECISION)
-    if decision is not None:
-        response.headers.update(ratelimit.headers(decision))
 
 
 async def _identities_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -107,10 +99,9 @@ async def _identities_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def setup(app: web.Application) -> None:
-    """The limiter (shared with the webhooks), the middleware and the header hook. Safe to call twice."""
-    if api_rate_limit in app.middlewares:
+    """The limiter (shared with the webhooks) and the identities; gateway.front spends and adds the
+    headers. Safe to call twice."""
+    if _identities_ctx in app.cleanup_ctx:
         return
     ratelimit.setup(app)
     app.cleanup_ctx.append(_identities_ctx)
-    app.middlewares.append(api_rate_limit)
-    app.on_response_prepare.append(_add_headers)

@@ -14,9 +14,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import api, auth, health, knowledge_api, logs, metrics, sse, status_page, sync_api, webhooks
+from gateway import api, auth, front, health, knowledge_api, metrics, sse, status_page, sync_api, webhooks
 from gateway.cache import VERSIONS
-from gateway.http import errors_middleware
 from gateway.keys import BUS, CLOCK, CONFIG, DB, GITLAB, LEADER, REDIS, RUNNER, SCHEDULER, WORKERS
 from sync.clock import Clock, SystemClock
 from sync.config import Config, ensure_data_dir
@@ -47,7 +46,6 @@ def create_app(
     `workers` is how many processes serve this port (`serve --workers N`), for the status warnings."""
     config = shared_config(config)
     app = web.Application(
-        middlewares=[errors_middleware],
         client_max_size=config.webhook.max_body_bytes,
         handler_args={"access_log": None},
     )
@@ -68,8 +66,8 @@ def create_app(
     knowledge_api.setup(app)
     sync_api.setup(app)
     sse.setup(app)
-    metrics.setup(app)  # middlewares go outermost: metrics, then the request id around it
-    logs.setup(app)
+    metrics.setup(app)
+    front.setup(app)  # the one middleware: request id, metrics, error shape, API rate limit
     status_page.setup(app)
     app.cleanup_ctx.append(_remote_invalidation)
     return app
