@@ -366,9 +366,9 @@ def measure_all(targets: list[Target], args: argparse.Namespace) -> tuple[list[R
             generator(target.load, args.connections, min(1.0, args.duration / 4))
     per_round: list[dict[str, float]] = []
     runs: dict[str, list[tuple[int, float, int, float]]] = {t.name: [] for t in targets}
-    for _ in range(args.rounds):
+    for index in range(args.rounds):
         this_round = {}
-        for target in targets:
+        for target in targets[index % len(targets):] + targets[:index % len(targets)]:  # none always first
             run = measure_round(target, args)
             runs[target.name].append(run)
             this_round[target.name] = run[1]

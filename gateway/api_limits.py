@@ -66,10 +66,11 @@ async def bucket(request: web.Request) -> str:
     """Whose budget this request spends: its token's, or its address's."""
     token = _bearer(request)
     if token is not None:
-        identities = request.app[IDENTITIES]
+        app = request.app
+        identities = app[IDENTITIES]
         token_id = identities.get(token)
         if token_id is None:
-            principal = await request.app[TOKENS].verify(token)
+            principal = await app[TOKENS].verify(token)
             if principal is not None:
                 token_id = principal.token_id
                 identities.remember(token, token_id)
@@ -85,7 +86,8 @@ def is_api(path: str) -> bool:
 async def spend(request: web.Request) -> None:
     """Spend one hit of the caller's budget (gateway.front, for every is_api path); ApiError 429 past it.
     The decision is kept on the request: gateway.front puts its headers on whatever answers."""
-    decision = await request.app[LIMITER].hit(request.app[CONFIG].ratelimit.api, await bucket(request))
+    app = request.app
+    decision = await app[LIMITER].hit(app[CONFIG].ratelimit.api, await bucket(request))
     request[DECISION] = decision
     if not decision.allowed:
         raise ApiError(429, "rate_limited",

@@ -9,7 +9,6 @@ document `--json` prints, so text and JSON output never drift apart.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
@@ -17,6 +16,7 @@ import orjson
 
 from gateway.cli import backup_cmds, knowledge_cmds, serve_cmds, service_cmds, sync_cmds, token_cmds
 from gateway.cli.base import CommandFailed, Context, Parser, UsageError
+from gateway.server import run_loop
 from sync.config import ConfigError, load_config
 from sync.errors import SyncError
 from sync.migrations import MigrationError
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         ctx = Context(args, load_config(args.config), bool(args.json))
-        document = asyncio.run(args.handler(ctx))
+        document = run_loop(args.handler(ctx))
     except (UsageError, ConfigError) as exc:
         return _fail(
             wants_json, 2, "usage_error" if isinstance(exc, UsageError) else "config_error", str(exc)
