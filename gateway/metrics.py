@@ -316,6 +316,10 @@ class GatewayCollector(Collector):
             yield CounterMetricFamily(PREFIX + "ratelimit_storage_errors", "Rate-limit decisions taken "
                                       "without the storage (an outage: decided by ratelimit.fail_open).",
                                       value=limiter.errors)
+            yield CounterMetricFamily(PREFIX + "ratelimit_redis_flushes", "Round trips that sent this process's "
+                                      "rate-limit counts to Redis and read the shared ones back (one per 0.1 s "
+                                      "at most; ratelimit.strict makes one per request instead, not counted "
+                                      "here).", value=limiter.round_trips)
 
 
     def _database(self) -> Iterator[Metric]:

@@ -81,6 +81,10 @@ async def test_an_exhausted_budget_is_refused_by_every_process_sharing_redis(
     answers = [await client.get(PAGE, headers=bearer(token)) for client in clients]
     assert [a.status for a in answers] == [429, 429]
     assert all(a.headers["RateLimit-Remaining"] == "0" and "Retry-After" in a.headers for a in answers)
+    scrape = await (await clients[0].get("/metrics")).text()
+    flushes = [s.value for f in text_string_to_metric_families(scrape) for s in f.samples
+               if s.name == "lore_gateway_ratelimit_redis_flushes_total"]
+    assert flushes and flushes[0] >= 2  # the round trips are few, and counted
 
 
 async def test_an_exhausted_budget_is_refused_at_once_with_strict_limits(
