@@ -180,6 +180,11 @@ class RateLimiter:
             self._flusher = RedisFlusher(Redis(connection_pool=self._pool), self.windows)
 
     @property
+    def counts_here(self) -> bool:
+        """True when a hit is decided in this process (memory, or local counting): `hit_now` may be used."""
+        return self._strict is None
+
+    @property
     def round_trips(self) -> int:
         """Flushes to Redis so far (strict mode does not count its per-hit round trips)."""
         return self._flusher.flushes if self._flusher is not None else 0
@@ -192,6 +197,10 @@ class RateLimiter:
         """
         if self._strict is not None:
             return await self._strict_hit(parse_rate(rate), key)
+        return self.hit_now(rate, key)
+
+    def hit_now(self, rate: str, key: str) -> Decision:
+        """`hit` without an await, for callers on the hot path; not for strict mode (it must ask Redis)."""
         item, storage_key, expiry = self._plan(rate, key)
         now = time.monotonic()
         if self._flusher is not None:
