@@ -93,6 +93,8 @@ def gateway_env(data_dir: Path, gitlab_url: str, redis_url: str | None, port: in
         "LORE_GATEWAY_RATELIMIT_API": "100000000/minute", "LORE_GATEWAY_RATELIMIT_WEBHOOK": "100000000/minute",
         # Webhooks here only feed the fan-out: no sync run may add its own load.
         "LORE_GATEWAY_SYNC_DEBOUNCE": "12h", "LORE_GATEWAY_SYNC_MAX_WAIT": "12h",
+        # Every SSE client uses the one bench token: the per-token cap (50 by default) must not bind.
+        "LORE_GATEWAY_GATEWAY_MAX_SSE_PER_TOKEN": "100000",
     }
     if redis_url is not None:
         env["LORE_GATEWAY_REDIS_URL"] = redis_url
