@@ -38,7 +38,8 @@ PREFIX = "/api/v1"
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
 
-MAX_SHAPES = 1024  # validated paths + queries remembered per app (cleared when full)
+MAX_SHAPES = 512  # validated paths + queries remembered per app (cleared when full)
+MAX_SHAPE_PATH = 200  # longer paths + queries are checked every time: the memo stays well under 1 MB
 
 CURSORS = web.AppKey("cursors", CursorCodec)
 SHAPES = web.AppKey("api_shapes", dict)
@@ -105,14 +106,18 @@ def _after(request: web.Request, paging: Paging, fingerprint: str, build: Callab
 def _remembered(request: web.Request, parse: Callable[[], K]) -> K:
     """What `parse` made of this very path and query last time. The checks, canonical forms and decoded
     cursor are pure functions of them (the cursor keys are fixed for the app's life), and redoing them
-    was a fifth of a cached request. A refusal is not remembered: it raises every time."""
+    was a fifth of a cached request. A refusal is not remembered: it raises every time. Only short ones
+    are kept, so the memo's memory stays small next to the response cache's bound (which it is not in)."""
+    raw = request.raw_path
+    if len(raw) > MAX_SHAPE_PATH:
+        return parse()
     shapes = request.app[SHAPES]
-    shape = shapes.get(request.raw_path)
+    shape = shapes.get(raw)
     if shape is None:
         shape = parse()
         if len(shapes) >= MAX_SHAPES:
             shapes.clear()
-        shapes[request.raw_path] = shape
+        shapes[raw] = shape
     return shape
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.api import MAX_SHAPE_PATH, SHAPES
 from gateway.app import create_app
 from gateway.auth import TOKENS
 from gateway.cache import RESPONSE_CACHE
@@ -137,3 +138,20 @@ def test_the_gateway_runs_on_uvloop_by_default_and_on_asyncio_when_asked() -> No
     assert default_loop() == "uvloop"  # a dependency: it serves the same requests for less CPU
     assert run_loop(_loop_module()).startswith("uvloop")
     assert run_loop(_loop_module(), "asyncio").startswith("asyncio")
+
+
+async def test_a_validated_query_is_remembered_a_refused_or_long_one_is_not(tmp_path: Path, aiohttp_client) -> None:
+    app = create_app(make_config(tmp_path), clock=FakeClock(), scheduler=False)
+    client: TestClient = await aiohttp_client(app)
+    token = (await app[TOKENS].create("reader", ["read"], None)).token
+    issues = "/api/v1/projects/7/issues"  # no such project: a 404, but its parameters were valid
+    for _ in range(2):
+        assert (await client.get(f"{issues}?per_page=5", headers=bearer(token))).status == 404
+    assert list(app[SHAPES]) == [f"{issues}?per_page=5"]
+
+    refused = [await client.get(f"{issues}?per_page=500", headers=bearer(token)) for _ in range(2)]
+    long_query = f"{issues}?per_page=5&labels=" + "x" * MAX_SHAPE_PATH
+    assert (await client.get(long_query, headers=bearer(token))).status == 404
+
+    assert [r.status for r in refused] == [400, 400]
+    assert list(app[SHAPES]) == [f"{issues}?per_page=5"]
