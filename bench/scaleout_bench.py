@@ -1,16 +1,22 @@
-"""Scale-out: cached GET requests/s with `serve --workers 2` against `--workers 1`, and SSE fan-out to
-2,000 clients across two workers sharing events through Redis (delivery p50/p99).
+"""Scale-out: cached GET requests/s of `serve` with Redis (`--workers 1`, `--workers 2`, and `--workers 1`
+with `ratelimit.strict`) against one process without Redis, with the Redis commands each request cost;
+and SSE fan-out to 2,000 clients across two workers sharing events through Redis (delivery p50/p99).
 
-Everything is real: `lore-gateway serve` subprocesses with a [redis] url (a private redis-server on a
-free port), a simulated GitLab in its own process, wrk for HTTP load (a Python client when wrk is not
-installed, which then measures the client more than the server). A delivery's latency runs from the
-moment a webhook is POSTed to one worker until a client (on either worker) has its `webhook.received`.
+Everything is real: `lore-gateway serve` subprocesses (a private redis-server on a free port), a
+simulated GitLab in its own process, wrk for HTTP load (a Python client when wrk is not installed, which
+then measures the client more than the server). The servers run side by side; rounds are interleaved
+(each round loads every server once, in turn) and the medians are reported. Redis commands per request
+come from Redis's own `total_commands_processed` around each load (everything counts: the bus, the
+leader lease, the INFO itself), so they bound the round trips from above: a flush is one round trip
+of several commands. A delivery's latency runs from the moment a webhook is POSTed to one worker until
+a client (on either worker) has its `webhook.received`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._simproc import TOKEN as SIM_TOKEN
@@ -76,17 +83,21 @@ def redis_server(url: str | None) -> Iterator[str]:
 # -- the gateway under test ---------------------------------------------------------------------------
 
 
-def gateway_env(data_dir: Path, gitlab_url: str, redis_url: str, port: int) -> dict[str, str]:
+def gateway_env(data_dir: Path, gitlab_url: str, redis_url: str | None, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORE_GATEWAY_")}
     env |= {
         "LORE_GATEWAY_GATEWAY_DATA_DIR": str(data_dir), "LORE_GATEWAY_GATEWAY_PORT": str(port),
         "LORE_GATEWAY_GATEWAY_LOG_LEVEL": "warning", "LORE_GATEWAY_GITLAB_URL": gitlab_url,
         "LORE_GATEWAY_GITLAB_TOKEN": SIM_TOKEN, "LORE_GATEWAY_GITLAB_PROJECTS": PROJECT_PATH,
-        "LORE_GATEWAY_WEBHOOK_SECRETS": SECRET, "LORE_GATEWAY_REDIS_URL": redis_url,
+        "LORE_GATEWAY_WEBHOOK_SECRETS": SECRET,
         "LORE_GATEWAY_RATELIMIT_API": "100000000/minute", "LORE_GATEWAY_RATELIMIT_WEBHOOK": "100000000/minute",
         # Webhooks here only feed the fan-out: no sync run may add its own load.
         "LORE_GATEWAY_SYNC_DEBOUNCE": "12h", "LORE_GATEWAY_SYNC_MAX_WAIT": "12h",
+        # Every SSE client uses the one bench token: the per-token cap (50 by default) must not bind.
+        "LORE_GATEWAY_GATEWAY_MAX_SSE_PER_TOKEN": "100000",
     }
+    if redis_url is not None:
+        env["LORE_GATEWAY_REDIS_URL"] = redis_url
     return env
 
 
@@ -149,13 +160,82 @@ def wrk_load(url: str, token: str, seconds: float, connections: int) -> float:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
 
 
-def requests_per_second(env: dict[str, str], token: str, workers: int, seconds: float, connections: int) -> float:
-    url = f"http://127.0.0.1:{env['LORE_GATEWAY_GATEWAY_PORT']}/api/v1/projects/{PROJECT_ID}/issues?per_page=20"
-    with serving(env, workers):
-        asyncio.run(python_load(url, token, 0.5, 4))  # warm: every worker renders and caches the page
-        if shutil.which("wrk"):
-            return wrk_load(url, token, seconds, connections)
-        return asyncio.run(python_load(url, token, seconds, connections))
+@dataclass(frozen=True)
+class Setup:
+    name: str
+    workers: int
+    redis: bool
+    strict: bool = False
+
+
+SETUPS = (Setup("no redis, 1 process", 1, False), Setup("redis, --workers 1", 1, True),
+          Setup("redis, --workers 2", 2, True), Setup("redis strict, --workers 1", 1, True, strict=True))
+
+
+def redis_commands(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        return int(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
+
+
+def page_url(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env['LORE_GATEWAY_GATEWAY_PORT']}/api/v1/projects/{PROJECT_ID}/issues?per_page=20"
+
+
+def load_once(url: str, token: str, seconds: float, connections: int) -> tuple[float, int]:
+    """(requests/s, requests) of one run of load."""
+    if shutil.which("wrk"):
+        rate = wrk_load(url, token, seconds, connections)
+    else:
+        rate = asyncio.run(python_load(url, token, seconds, connections))
+    return rate, round(rate * seconds)
+
+
+def throughput(base: dict[str, str], gitlab_url: str, redis_url: str, tmp: Path, token: str,
+               args: argparse.Namespace) -> dict[str, Any]:
+    """Every setup serving at once on its own port (one shared database), loaded in interleaved rounds."""
+    envs = {}
+    for setup in SETUPS:
+        env = gateway_env(Path(base["LORE_GATEWAY_GATEWAY_DATA_DIR"]), gitlab_url,
+                          redis_url if setup.redis else None, free_port())
+        if setup.strict:
+            env["LORE_GATEWAY_RATELIMIT_STRICT"] = "true"
+        envs[setup.name] = env
+    rates: dict[str, list[float]] = {s.name: [] for s in SETUPS}
+    commands: dict[str, list[float]] = {s.name: [] for s in SETUPS}
+    ratios: dict[str, list[float]] = {s.name: [] for s in SETUPS}
+    with contextlib.ExitStack() as stack:
+        for setup in SETUPS:
+            stack.enter_context(serving(envs[setup.name], setup.workers))
+        for setup in SETUPS:  # warm: every worker renders and caches the page
+            asyncio.run(python_load(page_url(envs[setup.name]), token, 0.5, 4 * setup.workers))
+        for index in range(args.rounds):
+            this_round = {}
+            for setup in SETUPS[index % len(SETUPS):] + SETUPS[:index % len(SETUPS)]:  # no setup always first
+                before = redis_commands(redis_url)
+                rate, requests = load_once(page_url(envs[setup.name]), token, args.seconds, args.connections)
+                used = redis_commands(redis_url) - before
+                rates[setup.name].append(rate)
+                this_round[setup.name] = rate
+                if setup.redis:
+                    commands[setup.name].append(used / max(1, requests))
+            for setup in SETUPS:
+                ratios[setup.name].append(this_round[setup.name] / this_round[SETUPS[0].name])
+    return {setup.name: {"workers": setup.workers, "redis": setup.redis, "strict": setup.strict,
+                         "rps": round(median(rates[setup.name])),
+                         "rounds_rps": [round(r) for r in rates[setup.name]],
+                         "over_no_redis": round(median(ratios[setup.name]), 3),
+                         "redis_commands_per_request": (round(median(commands[setup.name]), 4)
+                                                        if setup.redis else None)}
+            for setup in SETUPS}
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 # -- SSE fan-out --------------------------------------------------------------------------------------
@@ -241,7 +321,7 @@ async def fan_out(port: int, token: str, clients: int, events: int, gitlab_hooks
 
 def webhooks(count: int) -> list[tuple[bytes, dict]]:
     """Issue Hook bodies naming issues 1..count (the iid is how a client matches what it received)."""
-    from gateway.simulator.gitlab import GitLabSimulator
+    from gateway.simulator.gitlab.gitlab import GitLabSimulator
 
     sim = GitLabSimulator(token=SIM_TOKEN)
     sim.add_project(PROJECT_PATH, issues=count)
@@ -262,15 +342,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         env = gateway_env(Path(tmp), gitlab_url, redis_url, free_port())
         cli(env, "sync")
         token = json.loads(cli(env, "--json", "token", "create", "--name", "bench", "--scope", "read"))["token"]
-        one = requests_per_second(env, token, 1, args.seconds, args.connections)
-        two = requests_per_second(env, token, 2, args.seconds, args.connections)
+        get = throughput(env, gitlab_url, redis_url, Path(tmp), token, args)
         with serving(env, 2):
             sse = asyncio.run(fan_out(int(env["LORE_GATEWAY_GATEWAY_PORT"]), token, args.clients, args.events,
                                       webhooks(args.events)))
-    return {"get": {"workers_1_rps": round(one), "workers_2_rps": round(two), "ratio": round(two / one, 2),
-                    "load": "wrk" if shutil.which("wrk") else "python", "connections": args.connections,
-                    "seconds": args.seconds},
-            "sse": sse, "cpus": os.cpu_count()}
+    return {"get": get, "load": "wrk -t2" if shutil.which("wrk") else "python", "connections": args.connections,
+            "seconds": args.seconds, "rounds": args.rounds, "sse": sse, "cpus": os.cpu_count(),
+            "load_average": os.getloadavg()}
+
+
+TARGETS = {"redis, --workers 1": 0.9, "redis, --workers 2": 1.0}
+MAX_COMMANDS_PER_REQUEST = 0.1
+
+
+def print_get(report: dict[str, Any]) -> None:
+    print(f"cached GET, 20 issues ({report['load']}, {report['connections']} connections, {report['seconds']:.0f} s "
+          f"x {report['rounds']} interleaved rounds, {report['cpus']} CPUs, load average "
+          f"{report['load_average'][0]:.1f}); ratios are medians of each round's ratio to the first row")
+    print(f"{'setup':<28}{'req/s':>9}{'/ no redis':>12}{'redis cmds/req':>16}  rounds (req/s)")
+    for name, row in report["get"].items():
+        commands = row["redis_commands_per_request"]
+        verdict = ""
+        if name in TARGETS:
+            verdict = f"  target >= {TARGETS[name]}: {'met' if row['over_no_redis'] >= TARGETS[name] else 'NOT met'}"
+        print(f"{name:<28}{row['rps']:>9}{row['over_no_redis']:>12.3f}"
+              f"{'-' if commands is None else f'{commands:.4f}':>16}  {' '.join(map(str, row['rounds_rps']))}"
+              f"{verdict}")
+    local = report["get"]["redis, --workers 1"]["redis_commands_per_request"]
+    print(f"Redis commands per cached request (an upper bound on round trips), local counting: {local:.4f}; "
+          f"target <= {MAX_COMMANDS_PER_REQUEST}: {'met' if local <= MAX_COMMANDS_PER_REQUEST else 'NOT met'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,20 +379,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--seconds", type=float, default=10.0, help="load duration per worker count")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians count")
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--events", type=int, default=20)
     parser.add_argument("--redis", help="a Redis URL to use instead of a private redis-server")
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.connections, args.clients, args.events = 1.0, 8, 20, 5
+        args.seconds, args.connections, args.clients, args.events, args.rounds = 1.0, 8, 20, 5, 1
     report = run(args)
     if args.json:
         print(json.dumps(report))
     else:
-        get, sse = report["get"], report["sse"]
-        print(f"cached GET ({get['load']}, {get['connections']} connections, {get['seconds']:.0f} s, "
-              f"{report['cpus']} CPUs): --workers 1 {get['workers_1_rps']}/s, --workers 2 {get['workers_2_rps']}/s,"
-              f" ratio {get['ratio']}")
+        print_get(report)
+        sse = report["sse"]
         print(f"SSE fan-out across 2 workers via Redis: {sse['clients']} clients x {sse['events']} events, "
               f"{sse['deliveries']}/{sse['expected']} delivered, p50 {sse['p50_ms']} ms, p99 {sse['p99_ms']} ms,"
               f" max {sse['max_ms']} ms")

@@ -10,8 +10,11 @@ counted on disk and must hold exactly as many rows as 202s were returned.
 
     python bench/webhook_bench.py [--requests N] [--concurrency C] [--rounds R] [--quick] [--json]
 
-A shared 2-core machine is noisy: several bare-then-gateway rounds run and the median round is shown, with
-each server's CPU per request, which a busy neighbour disturbs far less than requests per second.
+A shared 2-core machine is noisy: several rounds (bare, then the gateway's app with a bare 202 route, then
+the gateway) run and the median round is shown, with each server's CPU per request, which a busy neighbour
+disturbs far less than requests per second. The differences in CPU per request say where the time goes:
+the app and its middleware, then the webhook handler itself (token check, rate limit, routing, inbox
+commit). Every server runs on the same event loop (the gateway's default unless --loop says otherwise).
 """
 
 from __future__ import annotations
@@ -37,13 +40,19 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tree this bench is in, not an install
+
 if TYPE_CHECKING:
-    from gateway.simulator.gitlab import GitLabSimulator, Webhook
+    from gateway.simulator.gitlab.gitlab import GitLabSimulator, Webhook
+
     from sync.control.inbox import Inbox
 
 SECRET = "bench-secret-0123456789"
 PATH = "/webhooks/gitlab"
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.55
+TARGET_P99_MS = 20.0
+APP_PATH = "/bench/accept"  # the bare 202 handler inside the gateway's app
+KINDS = ("bare", "app", "gateway", "fsync")
 Requests = list[tuple[bytes, dict[str, str]]]
 
 
@@ -72,8 +81,24 @@ def gateway_app(data_dir: Path, requests: int, *, fsync: bool = False) -> web.Ap
     return app
 
 
+def app_with_bare_route(data_dir: Path, requests: int) -> web.Application:
+    app = gateway_app(data_dir, requests)
+
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(status=202, body=b'{"accepted": true}', content_type="application/json")
+
+    app.router.add_post(APP_PATH, accept)
+    return app
+
+
 async def serve(kind: str, data_dir: Path, requests: int) -> None:
-    app = bare_app() if kind == "bare" else gateway_app(data_dir, requests, fsync=kind == "fsync")
+    if kind == "bare":
+        app = bare_app()
+    elif kind == "app":
+        app = app_with_bare_route(data_dir, requests)
+    else:
+        app = gateway_app(data_dir, requests, fsync=kind == "fsync")
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -125,7 +150,7 @@ class Result:
 
 def make_requests(count: int) -> Requests:
     """Real GitLab payloads from the simulator (issues, MRs, notes, pushes), each with a unique key."""
-    from gateway.simulator.gitlab import GitLabSimulator
+    from gateway.simulator.gitlab.gitlab import GitLabSimulator
 
     sim = GitLabSimulator(seed=11)
     sim.add_project("bench/project", issues=20, merge_requests=10, notes_per_item=1)
@@ -181,17 +206,17 @@ def percentile(values: list[float], fraction: float) -> float:
 class Server:
     """One server in a child process; `stop()` ends it cleanly (SIGTERM) and returns what it reported."""
 
-    def __init__(self, kind: str, data_dir: Path, requests: int) -> None:
+    def __init__(self, kind: str, data_dir: Path, requests: int, loop: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", kind, "--data-dir", str(data_dir),
-             "--requests", str(requests)],
+             "--requests", str(requests), "--loop", loop],
             stdout=subprocess.PIPE, text=True,
         )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line.startswith("PORT "):
             self.proc.kill()
             raise RuntimeError(f"the {kind} server did not start")
-        self.url = f"http://127.0.0.1:{int(line.split()[1])}{PATH}"
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}{APP_PATH if kind == 'app' else PATH}"
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU of the server process (all its threads) so far; None off Linux."""
@@ -217,8 +242,8 @@ class Run:
     server_stats: dict[str, int]
 
 
-def run_one(kind: str, data_dir: Path, warmup: Requests, measured: Requests, concurrency: int) -> Run:
-    server = Server(kind, data_dir, len(warmup) + len(measured))
+def run_one(kind: str, data_dir: Path, warmup: Requests, measured: Requests, concurrency: int, loop: str) -> Run:
+    server = Server(kind, data_dir, len(warmup) + len(measured), loop)
     try:
         warm = asyncio.run(load(server.url, warmup, concurrency))
         cpu_before = server.cpu_seconds()
@@ -243,15 +268,17 @@ def inbox_rows(data_dir: Path) -> int:
         conn.close()
 
 
-def one_round(data_dir: Path, warmup: Requests, measured: Requests, concurrency: int) -> dict[str, Any]:
-    bare = run_one("bare", data_dir / "bare", warmup, measured, concurrency)
-    gw = run_one("gateway", data_dir / "gateway", warmup, measured, concurrency)
-    synced = run_one("fsync", data_dir / "fsync", warmup, measured, concurrency)
+def one_round(data_dir: Path, warmup: Requests, measured: Requests, concurrency: int, loop: str) -> dict[str, Any]:
+    bare = run_one("bare", data_dir / "bare", warmup, measured, concurrency, loop)
+    app = run_one("app", data_dir / "app", warmup, measured, concurrency, loop)
+    gw = run_one("gateway", data_dir / "gateway", warmup, measured, concurrency, loop)
+    synced = run_one("fsync", data_dir / "fsync", warmup, measured, concurrency, loop)
     rows = inbox_rows(data_dir / "gateway")
     synced_rows = inbox_rows(data_dir / "fsync")
     stats = gw.server_stats
     return {
-        "bare": asdict(bare.result), "gateway": asdict(gw.result), "fsync": asdict(synced.result),
+        "bare": asdict(bare.result), "app": asdict(app.result), "gateway": asdict(gw.result),
+        "fsync": asdict(synced.result),
         "ratio": gw.result.per_second / bare.result.per_second if bare.result.per_second else 0.0,
         "fsync_ratio": synced.result.per_second / gw.result.per_second if gw.result.per_second else 0.0,
         "fsync_transactions": synced.server_stats.get("commits"),
@@ -262,24 +289,33 @@ def one_round(data_dir: Path, warmup: Requests, measured: Requests, concurrency:
     }
 
 
-def summarize(rounds: list[dict[str, Any]], requests: int, concurrency: int) -> dict[str, Any]:
+def summarize(rounds: list[dict[str, Any]], requests: int, concurrency: int, loop: str) -> dict[str, Any]:
     """The round with the median ratio stands for the run (a busy machine makes single rounds noisy)."""
     median = sorted(rounds, key=lambda r: r["ratio"])[len(rounds) // 2]
+    cpu = {kind: median[kind]["server_cpu_us"] for kind in KINDS}
+    layers = None
+    if all(value is not None for value in cpu.values()):
+        layers = {"aiohttp (bare 202)": round(cpu["bare"], 1),
+                  "gateway app + middleware": round(cpu["app"] - cpu["bare"], 1),
+                  "webhook handler (token, limit, route, inbox commit)": round(cpu["gateway"] - cpu["app"], 1)}
     return {
         "requests": requests, "concurrency": concurrency, "cpus": os.cpu_count(), "rounds": len(rounds),
+        "loop": loop, "load_average": os.getloadavg(),
         "ratios": [round(r["ratio"], 3) for r in rounds], "target_ratio": TARGET_RATIO,
         "fsync_ratios": [round(r["fsync_ratio"], 3) for r in rounds],
-        **median, "rows_match": all(r["rows_match"] for r in rounds),
+        "target_p99_ms": TARGET_P99_MS, **median, "rows_match": all(r["rows_match"] for r in rounds),
         # fsync against the default is its own median: the round median for gateway/bare need not be it.
         "fsync_ratio": statistics.median(r["fsync_ratio"] for r in rounds),
+        "layers_us_per_request": layers,
     }
 
 
 def print_report(r: dict[str, Any]) -> None:
     print(f"webhook bench: {r['requests']} requests x {r['rounds']} round(s), {r['concurrency']} "
-          f"connections, {r['cpus']} CPUs; each server in its own process, the load generator in this one")
+          f"connections, {r['cpus']} CPUs, loop {r['loop']}, load average {r['load_average'][0]:.1f}; each "
+          f"server in its own process, the load generator in this one")
     print(f"{'':10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'server CPU us/req':>19}  statuses")
-    for name in ("bare", "gateway", "fsync"):
+    for name in KINDS:
         x = r[name]
         cpu = f"{x['server_cpu_us']:.0f}" if x["server_cpu_us"] is not None else "n/a"
         figures = f"{x['per_second']:>9.0f}{x['p50_ms']:>9.2f}{x['p99_ms']:>9.2f}{cpu:>19}"
@@ -289,6 +325,13 @@ def print_report(r: dict[str, Any]) -> None:
           f"every round: {r['ratios']}")
     print(f"ratio fsync/gateway (webhook.fsync = true against the default, each round side by side; median): "
           f"{r['fsync_ratio']:.2f}x; every round: {r['fsync_ratios']}")
+    p99 = r["gateway"]["p99_ms"]
+    print(f"gateway p99 {p99:.1f} ms, target <= {r['target_p99_ms']:.0f} ms: "
+          f"{'ok' if p99 <= r['target_p99_ms'] else 'ABOVE TARGET'}")
+    if r["layers_us_per_request"]:
+        print("where a webhook's server CPU goes (us per request, median round):")
+        for layer, us in r["layers_us_per_request"].items():
+            print(f"  {layer:<54}{us:>8.1f}")
     if r["transactions"]:
         per = r["rows_per_transaction"]
         print(f"inbox: {r['transactions']} transactions, {per:.1f} rows each on average "
@@ -305,11 +348,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="bare-then-gateway rounds; the median is shown")
     parser.add_argument("--quick", action="store_true", help="a tiny run, for the test suite")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    parser.add_argument("--serve", choices=("bare", "gateway", "fsync"), help=argparse.SUPPRESS)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default=None,
+                        help="every server's event loop (default: what the gateway picks, uvloop if installed)")
+    parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from gateway.server import default_loop, run_loop
+
+    loop = args.loop or default_loop()
     if args.serve:
-        asyncio.run(serve(args.serve, args.data_dir, args.requests))
+        run_loop(serve(args.serve, args.data_dir, args.requests), loop)
         return 0
     if args.quick:
         args.requests, args.concurrency, args.rounds = 400, 16, 1
@@ -317,9 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     all_requests = make_requests(warmup_count + args.requests)
     warmup, measured = all_requests[:warmup_count], all_requests[warmup_count:]
     with tempfile.TemporaryDirectory(prefix="webhook-bench-") as tmp:
-        rounds = [one_round(Path(tmp) / f"round{i}", warmup, measured, args.concurrency)
+        rounds = [one_round(Path(tmp) / f"round{i}", warmup, measured, args.concurrency, loop)
                   for i in range(args.rounds)]
-    result = summarize(rounds, args.requests, args.concurrency)
+    result = summarize(rounds, args.requests, args.concurrency, loop)
     if args.json:
         print(json.dumps(result))
     else:

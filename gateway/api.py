@@ -22,13 +22,17 @@ from gateway.cache import cache_ctx, conditional_json
 from gateway.http import ApiError, bad_parameter
 from gateway.keys import CONFIG, DB
 from gateway.tokens import signing_keys
-from sync import CursorCodec, InvalidCursor, InvalidFilter, ItemFilters, ItemKey, Kind, ThreadKey, queries
+from sync import CursorCodec, InvalidCursor, InvalidFilter, ItemFilters, ItemKey, Kind, ThreadKey, VersionKey, queries
 
 PREFIX = "/api/v1"
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
 
+MAX_SHAPES = 512  # validated paths + queries remembered per app (cleared when full)
+MAX_SHAPE_PATH = 200  # longer paths + queries are checked every time: the memo stays well under 1 MB
+
 CURSORS = web.AppKey("cursors", CursorCodec)
+SHAPES = web.AppKey("api_shapes", dict)
 K = TypeVar("K")
 
 
@@ -89,6 +93,24 @@ def _after(request: web.Request, paging: Paging, fingerprint: str, build: Callab
         raise bad_parameter("cursor", str(err)) from None
 
 
+def _remembered(request: web.Request, parse: Callable[[], K]) -> K:
+    """What `parse` made of this very path and query last time. The checks, canonical forms and decoded
+    cursor are pure functions of them (the cursor keys are fixed for the app's life), and redoing them
+    was a fifth of a cached request. A refusal is not remembered: it raises every time. Only short ones
+    are kept, so the memo's memory stays small next to the response cache's bound (which it is not in)."""
+    raw = request.raw_path
+    if len(raw) > MAX_SHAPE_PATH:
+        return parse()
+    shapes = request.app[SHAPES]
+    shape = shapes.get(raw)
+    if shape is None:
+        shape = parse()
+        if len(shapes) >= MAX_SHAPES:
+            shapes.clear()
+        shapes[raw] = shape
+    return shape
+
+
 def _not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"no such {what}")
 
@@ -135,13 +157,35 @@ async def get_project(request: web.Request) -> web.Response:
 # -- issues and merge requests ----------------------------------------------------------------------
 
 
-async def _list_items(request: web.Request, kind: Kind) -> web.Response:
+@dataclass(frozen=True, slots=True)
+class _ItemList:
+    """A list request's parameters, validated and in canonical form."""
+
+    project_id: int
+    filters: ItemFilters
+    paging: Paging
+    path: str
+    fingerprint: str
+    after: ItemKey | None
+    query: str
+    depends_on: tuple[VersionKey, ...]
+
+
+def _item_list(request: web.Request, kind: Kind) -> _ItemList:
     project_id = _path_id(request, "id", "project")
     filters = _filters(kind, request.query)
     paging = _paging(request.query)
     path = f"/projects/{project_id}/{queries.TABLES[kind]}"
     fingerprint = f"{path}?{filters.canonical()}"
     after = _after(request, paging, fingerprint, ItemKey.from_json)
+    return _ItemList(project_id, filters, paging, path, fingerprint, after,
+                     f"{paging.canonical()}&{filters.canonical()}", ((project_id, queries.TABLES[kind]),))
+
+
+async def _list_items(request: web.Request, kind: Kind) -> web.Response:
+    shape = _remembered(request, lambda: _item_list(request, kind))
+    project_id, filters, paging, fingerprint, after = (shape.project_id, shape.filters, shape.paging,
+                                                        shape.fingerprint, shape.after)
     db = request.app[DB]
 
     async def render() -> bytes:
@@ -150,8 +194,8 @@ async def _list_items(request: web.Request, kind: Kind) -> web.Response:
             raise _not_found("project")
         return _list_body(request, page, fingerprint)
 
-    return await conditional_json(request, path=path, query=f"{paging.canonical()}&{filters.canonical()}",
-                                  depends_on=[(project_id, queries.TABLES[kind])], render=render)
+    return await conditional_json(request, path=shape.path, query=shape.query, depends_on=shape.depends_on,
+                                  render=render)
 
 
 async def _get_item(request: web.Request, kind: Kind) -> web.Response:
@@ -227,6 +271,7 @@ async def _cursors_ctx(app: web.Application) -> AsyncIterator[None]:
     # The gateway's signing keys (the auth context made them exist): cursors survive restarts and
     # work across the processes of `serve --workers N`.
     app[CURSORS] = CursorCodec(await asyncio.to_thread(signing_keys, app[CONFIG]))
+    app[SHAPES] = {}
     yield
 
 

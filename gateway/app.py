@@ -14,11 +14,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import api, auth, health, knowledge_api, logs, metrics, sse, status_page, sync_api, webhooks
+from gateway import api, auth, front, health, knowledge_api, metrics, sse, status_page, sync_api, webhooks
 from gateway import mcp as mcp_endpoint
 from gateway.cache import VERSIONS
 from gateway.changes_api import setup as setup_changes
-from gateway.http import errors_middleware
 from gateway.keys import BUS, CLOCK, CONFIG, DB, GITLAB, LEADER, REDIS, RUNNER, SCHEDULER, WORKERS
 from sync import (
     DEFAULT_PREFIX,
@@ -58,7 +57,6 @@ def create_app(
     `workers` is how many processes serve this port (`serve --workers N`), for the status warnings."""
     config = shared_config(config)
     app = web.Application(
-        middlewares=[errors_middleware],
         handler_args={"access_log": None},
     )
     app[CONFIG] = config
@@ -80,8 +78,8 @@ def create_app(
     setup_changes(app)
     sse.setup(app)
     mcp_endpoint.setup(app)
-    metrics.setup(app)  # middlewares go outermost: metrics, then the request id around it
-    logs.setup(app)
+    metrics.setup(app)
+    front.setup(app)  # the one middleware: request id, metrics, error shape, API rate limit
     status_page.setup(app)
     app.cleanup_ctx.append(_remote_invalidation)
     return app

@@ -1,7 +1,7 @@
 """JSON in and out, and the one error shape: {"error": {"code", "message"}}.
 
-Handlers raise `ApiError`; the middleware turns it, and aiohttp's own HTTP
-errors (404, 405, 413), into that shape. Anything else is a bug: it is logged
+Handlers raise `ApiError`; the middleware (gateway.front) turns it, and aiohttp's
+own HTTP errors (404, 405, 413), into that shape. Anything else is a bug: it is logged
 with the request id and answered with a generic 500 that leaks nothing.
 """
 
@@ -59,20 +59,11 @@ def bad_parameter(name: str, message: str) -> ApiError:
     return ApiError(400, "invalid_parameter", f"{name}: {message}")
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _CODES.get(exc.status, "http_error")
-        headers = {
-            k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")
-        }
-        return error_response(exc.status, code, _message(exc), headers)
+def http_error_response(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own 4xx/5xx (404, 405, 413) in our error shape, keeping the headers that matter."""
+    code = _CODES.get(exc.status, "http_error")
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
+    return error_response(exc.status, code, _message(exc), headers)
 
 
 def _message(exc: web.HTTPException) -> str:

@@ -2,7 +2,7 @@
 
 The hot path formats nothing: there is no access log (it halved throughput here); a request is logged
 only when it answers 5xx or is slow, or at debug level. The request id lives in a ContextVar set by the
-middleware: aiohttp runs each request in a task of its own, so the id follows that request, the tasks it
+middleware (gateway.front): aiohttp runs each request in a task of its own, so the id follows that request, the tasks it
 starts, and aiohttp's own "Error handling request" line. Secrets are kept out by what we log (never
 headers or query strings) and, as a second line, by scrubbing every line for token-shaped text.
 """
@@ -14,15 +14,12 @@ import logging
 import re
 import secrets
 import sys
-import time
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
 from aiohttp import web
-
-from gateway.http import Handler
 
 HEADER = "X-Request-Id"
 SLOW_REQUEST = 1.0  # seconds; a plain request slower than this is logged at warning level
@@ -142,31 +139,18 @@ def request_id_from(header: str | None) -> str:
     return new_request_id()
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request_id_from(request.headers.get(HEADER))
-    request[REQUEST_ID_KEY] = request_id
-    # Not reset afterwards on purpose: this request's task (and context) ends with it, and aiohttp logs
-    # an unhandled exception after the middleware chain has returned; it should carry the id too.
-    REQUEST_ID.set(request_id)
-    started = time.monotonic()
-    response = await handler(request)
-    _log_request(request, response, time.monotonic() - started)
-    return response
-
-
-def _log_request(request: web.Request, response: web.StreamResponse, elapsed: float) -> None:
-    """5xx and slow plain requests at warning; everything at debug. Never headers, never the query."""
-    slow = elapsed >= SLOW_REQUEST and isinstance(response, web.Response)  # streams are long by design
-    if response.status >= 500 or slow:
+def log_request(request: web.Request, status: int, elapsed: float, *, plain: bool) -> None:
+    """5xx and slow plain requests at warning; everything at debug. Never headers, never the query.
+    `plain` is False for streams, which are long by design (and for requests the client left)."""
+    if status >= 500 or (plain and elapsed >= SLOW_REQUEST):
         level = logging.WARNING
     elif log.isEnabledFor(logging.DEBUG):
         level = logging.DEBUG
     else:
         return
-    log.log(level, "%s %s -> %d in %.1f ms", request.method, request.path, response.status, elapsed * 1000,
+    log.log(level, "%s %s -> %d in %.1f ms", request.method, request.path, status, elapsed * 1000,
             extra={"method": request.method, "route": route_of(request), "path": request.path,
-                   "status": response.status, "duration_ms": round(elapsed * 1000, 1)})
+                   "status": status, "duration_ms": round(elapsed * 1000, 1)})
 
 
 def route_of(request: web.Request) -> str:
@@ -174,17 +158,3 @@ def route_of(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "<unmatched>"
 
-
-async def _add_header(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    """on_response_prepare: every response carries the id, aiohttp's own 500 page and SSE streams too."""
-    request_id = request.get(REQUEST_ID_KEY)
-    if request_id is not None:
-        response.headers[HEADER] = request_id
-
-
-def setup(app: web.Application) -> None:
-    """The request-id middleware, outermost, so every other middleware's work runs under the id."""
-    if request_id_middleware in app.middlewares:
-        return
-    app.middlewares.insert(0, request_id_middleware)
-    app.on_response_prepare.append(_add_header)

@@ -23,14 +23,12 @@ from mcp.server.lowlevel import Server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 
-from gateway import api_limits, ratelimit
+from gateway import api_limits
 from gateway.api import CURSORS
 from gateway.auth import requires
-from gateway.http import ApiError
 from gateway.keys import CLOCK, CONFIG, DB
 from gateway.mcp_asgi import read_body, serve_asgi
 from gateway.mcp_tools import TOOLS, Mirror, ToolArgumentError, ToolFailure
-from gateway.ratelimit import LIMITER
 from gateway.sync_api import status_document
 
 PATH = "/mcp"
@@ -92,11 +90,7 @@ def _version() -> str:
 
 async def handle_mcp(request: web.Request) -> web.StreamResponse:
     """`POST /mcp`: rate limited first (like `/api/v1`, before the token is checked), then auth."""
-    decision = await request.app[LIMITER].hit(request.app[CONFIG].ratelimit.api, await api_limits.bucket(request))
-    request[api_limits.DECISION] = decision  # api_limits' response hook puts the RateLimit-* headers on
-    if not decision.allowed:
-        raise ApiError(429, "rate_limited", f"rate limit exceeded; retry in {decision.reset_after} s",
-                       headers=ratelimit.headers(decision))
+    await api_limits.spend(request)  # the same budget as /api/v1; gateway.front puts RateLimit-* on the answer
     return await _authorized(request)
 
 

@@ -3,18 +3,16 @@
 Most numbers already exist as plain counters on the objects that own them (webhook stats, SSE streams,
 the GitLab client, the response cache, the rate limiter, the inbox): a custom Collector reads them at
 scrape time, so their hot paths pay nothing for metrics. What nobody else counts is counted here: sync
-runs and webhooks by event (from bus events), REST requests by route and status (a middleware).
+runs and webhooks by event (from bus events), REST requests by route and status (gateway.front).
 Labels are bounded: canonical routes, never raw URLs; nothing that names a token, an item or a secret.
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import itertools
 import logging
 import sqlite3
-import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,9 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from gateway.cache import RESPONSE_CACHE
-from gateway.http import Handler
 from gateway.keys import BUS, CLOCK, DB, GITLAB, SCHEDULER
-from gateway.logs import route_of
 from gateway.ratelimit import LIMITER
 from gateway.server import ACCEPT_ERRORS
 from gateway.sse import STREAMS
@@ -318,6 +314,10 @@ class GatewayCollector(Collector):
             yield CounterMetricFamily(PREFIX + "ratelimit_storage_errors", "Rate-limit decisions taken "
                                       "without the storage (an outage: decided by ratelimit.fail_open).",
                                       value=limiter.errors)
+            yield CounterMetricFamily(PREFIX + "ratelimit_redis_flushes", "Round trips that sent this process's "
+                                      "rate-limit counts to Redis and read the shared ones back (one per 0.1 s "
+                                      "at most; ratelimit.strict makes one per request instead, not counted "
+                                      "here).", value=limiter.round_trips)
 
 
     def _database(self) -> Iterator[Metric]:
@@ -339,27 +339,6 @@ class GatewayCollector(Collector):
 # -- HTTP ---------------------------------------------------------------------------------------------
 
 
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
-    status = 500  # what aiohttp answers for an exception that gets past every middleware
-    timed = True
-    try:
-        response = await handler(request)
-        status = response.status
-        timed = isinstance(response, web.Response)  # a stream's duration is its lifetime, not latency
-        return response
-    except web.HTTPException as exc:  # raised past errors_middleware: redirects, or a 304
-        status = exc.status
-        raise
-    except asyncio.CancelledError:
-        status, timed = 499, False  # the client went away first (nginx's code for it)
-        raise
-    finally:
-        elapsed = time.perf_counter() - started if timed else None
-        request.app[METRICS].requests.observe(route_of(request), request.method, status, elapsed)
-
-
 async def get_metrics(request: web.Request) -> web.Response:
     """`GET /metrics`: no token (Prometheus scrapes it); keep it off the public internet (docs/api.md)."""
     metrics = request.app[METRICS]
@@ -369,12 +348,11 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application) -> None:
-    """The registry, the bus listener, the middleware (outside errors_middleware, so it sees final
-    statuses) and the route. Call after the bus and clock are set (create_app does that first)."""
+    """The registry, the bus listener and the route; gateway.front's middleware counts each request.
+    Call after the bus and clock are set (create_app does that first)."""
     if METRICS in app:
         return
     metrics = Metrics(app)
     app[METRICS] = metrics
     app[BUS].add_listener(metrics.bus.on_event)
-    app.middlewares.insert(0, metrics_middleware)
     app.router.add_get(PATH, get_metrics)

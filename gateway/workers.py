@@ -52,12 +52,12 @@ class WorkerSpec:
 
 def worker_main(spec: WorkerSpec, ready: mp.Queue) -> None:  # type: ignore[type-arg]
     """A worker process's entry point (spawned: nothing is inherited but the arguments)."""
-    from gateway.server import configure_logging
+    from gateway.server import configure_logging, run_loop
 
     configure_logging(spec.config.gateway.log_level)
     # Until its own handlers are installed a worker ignores Ctrl-C: the parent forwards a clean SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    raise SystemExit(asyncio.run(_serve(spec, ready)))
+    raise SystemExit(run_loop(_serve(spec, ready)))
 
 
 async def _serve(spec: WorkerSpec, ready: mp.Queue) -> int:  # type: ignore[type-arg]

@@ -115,12 +115,13 @@ class RateLimitConfig:
     api: str = "600/minute"
     webhook: str = "6000/minute"
     fail_open: bool = True
+    strict: bool = False  # with Redis: every hit a round trip (exact), not local counts flushed (bounded)
 
     def __repr__(self) -> str:
         # A redis:// storage URL may carry a password.
         return (
             f"RateLimitConfig(storage={redact_url(self.storage)!r}, api={self.api!r}, "
-            f"webhook={self.webhook!r}, fail_open={self.fail_open!r})"
+            f"webhook={self.webhook!r}, fail_open={self.fail_open!r}, strict={self.strict!r})"
         )
 
 
@@ -198,7 +199,7 @@ _KEYS: dict[str, frozenset[str]] = {
          "reconcile_interval"}
     ),
     "auth": frozenset({"signing_keys", "signing_keys_file"}),
-    "ratelimit": frozenset({"storage", "api", "webhook", "fail_open"}),
+    "ratelimit": frozenset({"storage", "api", "webhook", "fail_open", "strict"}),
     "redis": frozenset({"url"}),
     "experts": frozenset(
         {
@@ -641,6 +642,7 @@ def _ratelimit(section: _Section) -> RateLimitConfig:
         api=_rate(section, "api", default.api),
         webhook=_rate(section, "webhook", default.webhook),
         fail_open=section.boolean("fail_open", default.fail_open),
+        strict=section.boolean("strict", default.strict),
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "api_bench.py"
-SERVERS = {"bare", "limited", "cached", "uncached", "304", "datasette"}
+SERVERS = {"bare", "limited", "cached", "uncached", "304", "datasette", "L1 app", "L2 limit"}
 
 
 def run_bench(*extra: str) -> dict:
@@ -33,7 +33,10 @@ def check_report(report: dict) -> None:
         assert result["errors"] == 0, name
     assert results["cached"]["bytes_per_response"] == results["bare"]["bytes_per_response"] > 10_000
     assert set(report["ratios"]) >= {"cached_over_bare", "uncached_over_datasette", "not_modified_over_bare",
-                                     "limited_over_bare"}
+                                     "limited_over_bare", "layer1_over_bare", "layer2_over_bare"}
+    assert list(report["layers_us_per_request"]) == [
+        "aiohttp (bare)", "gateway app + middleware + hook", "rate limit (token lookup, hit, headers)",
+        "auth + parameters + ETag/cache lookup"]
 
 
 @pytest.mark.slow
@@ -44,8 +47,8 @@ def test_the_bench_runs_with_the_aiohttp_load_generator():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)")
 def test_the_bench_runs_with_wrk():
+    assert shutil.which("wrk") is not None, "wrk is not installed (apt-get install wrk; .ci/run installs it)"
     report = run_bench()
     assert report["load_generator"].startswith("wrk")
     check_report(report)

@@ -9,7 +9,6 @@ document `--json` prints, so text and JSON output never drift apart.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
@@ -28,6 +27,7 @@ from gateway.cli import (
 )
 from gateway.cli.base import CommandFailed, Context, Parser, UsageError
 from gateway.cli.changes_cmds import register as register_changes
+from gateway.server import run_loop
 from sync import Config, ConfigError, MigrationError, SyncError, load_config
 
 COMMAND_GROUPS = [serve_cmds, sync_cmds, token_cmds, service_cmds, backup_cmds, knowledge_cmds, init_cmds, hooks_cmds,
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         # `init` writes the config: it must run before one exists (even where $LORE_GATEWAY_CONFIG names it).
         config = load_config(args.config) if getattr(args, "needs_config", True) else Config()
         ctx = Context(args, config, bool(args.json))
-        document = asyncio.run(args.handler(ctx))
+        document = run_loop(args.handler(ctx))
     except (UsageError, ConfigError) as exc:
         return _fail(
             wants_json, 2, "usage_error" if isinstance(exc, UsageError) else "config_error", str(exc)
