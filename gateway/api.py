@@ -22,7 +22,17 @@ from gateway.cache import cache_ctx, conditional_json
 from gateway.http import ApiError, bad_parameter
 from gateway.keys import CONFIG, DB
 from gateway.tokens import signing_keys
-from sync import CursorCodec, InvalidCursor, InvalidFilter, ItemFilters, ItemKey, Kind, ThreadKey, VersionKey, queries
+from sync import (
+    CursorCodec,
+    InvalidCursor,
+    InvalidFilter,
+    ItemFilters,
+    ItemKey,
+    Kind,
+    ThreadKey,
+    VersionKey,
+    queries,
+)
 
 PREFIX = "/api/v1"
 DEFAULT_PER_PAGE = 20
