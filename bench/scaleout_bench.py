@@ -321,7 +321,7 @@ async def fan_out(port: int, token: str, clients: int, events: int, gitlab_hooks
 
 def webhooks(count: int) -> list[tuple[bytes, dict]]:
     """Issue Hook bodies naming issues 1..count (the iid is how a client matches what it received)."""
-    from gateway.simulator.gitlab.gitlab import GitLabSimulator
+    from gateway.simulator.gitlab import GitLabSimulator
 
     sim = GitLabSimulator(token=SIM_TOKEN)
     sim.add_project(PROJECT_PATH, issues=count)

@@ -43,7 +43,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tree this bench is in, not an install
 
 if TYPE_CHECKING:
-    from gateway.simulator.gitlab.gitlab import GitLabSimulator, Webhook
+    from gateway.simulator.gitlab import GitLabSimulator, Webhook
 
     from sync.control.inbox import Inbox
 
@@ -150,7 +150,7 @@ class Result:
 
 def make_requests(count: int) -> Requests:
     """Real GitLab payloads from the simulator (issues, MRs, notes, pushes), each with a unique key."""
-    from gateway.simulator.gitlab.gitlab import GitLabSimulator
+    from gateway.simulator.gitlab import GitLabSimulator
 
     sim = GitLabSimulator(seed=11)
     sim.add_project("bench/project", issues=20, merge_requests=10, notes_per_item=1)

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from gateway.simulator.gitlab.gitlab import GitLabSimulator
+from gateway.simulator.gitlab import GitLabSimulator
 
 from gateway.ratelimit import FLUSH_INTERVAL
 from tests.redis_server import RedisServer, free_port, redis_server, redis_url  # noqa: F401 (fixtures)
