@@ -87,7 +87,6 @@ class Result:
 def make_mirror(data_dir: Path) -> str:
     """A mirror of one project with ISSUES issues, written through sync.ingest.mirror; returns a read token."""
     from gateway.simulator.gitlab import GitLabSimulator
-
     from gateway.tokens import TokenStore, signing_keys
     from sync.clock import SystemClock
     from sync.ingest import mirror

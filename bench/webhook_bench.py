@@ -44,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tree this
 
 if TYPE_CHECKING:
     from gateway.simulator.gitlab import GitLabSimulator, Webhook
-
     from sync.control.inbox import Inbox
 
 SECRET = "bench-secret-0123456789"

@@ -20,9 +20,9 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from gateway.simulator.gitlab import GitLabSimulator
 
 from gateway.ratelimit import FLUSH_INTERVAL
+from gateway.simulator.gitlab import GitLabSimulator
 from tests.redis_server import RedisServer, free_port, redis_server, redis_url  # noqa: F401 (fixtures)
 from tests.test_cli_sync import cli, cli_env
 
