@@ -83,6 +83,7 @@ async def measure(mode: str, nofile: int, connections: int, hold: float) -> Phas
             connecting = [asyncio.ensure_future(asyncio.open_connection(host, int(port)))
                           for _ in range(connections)]
             started = log.stat().st_size, len(log.read_bytes().splitlines())
+            await _exhausted(log, started[0])  # a busy machine may take a while to accept that many
             await asyncio.sleep(hold)
             text = log.read_bytes()
             lines, size = len(text.splitlines()) - started[1], len(text) - started[0]
@@ -94,6 +95,14 @@ async def measure(mode: str, nofile: int, connections: int, hold: float) -> Phas
             proc.terminate()
             await proc.wait()
     return Phase(lines, size, round(lines / hold, 1), round(answered_ms, 1))
+
+
+async def _exhausted(log: Path, size_before: int) -> None:
+    """Until the server has logged the first failed accept (or WAIT passes): the hold starts there."""
+    deadline = time.perf_counter() + WAIT
+    # Another process writes the log: polling its size is the only signal there is.
+    while log.stat().st_size == size_before and time.perf_counter() < deadline:  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.05)
 
 
 def _release(connecting: list[asyncio.Future[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]) -> None:
