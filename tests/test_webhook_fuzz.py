@@ -230,8 +230,9 @@ def test_fuzzing_the_webhook_endpoint_never_gets_a_5xx(served: Served, request: 
 
 def test_the_fuzzer_reached_every_kind_of_answer(served: Served) -> None:
     """Runs after the fuzz test (same module): the mutations must have hit each path, not just one."""
+    # How many broken-framing clients die before their answer arrives depends on timing (61 to 134 of
+    # 500 seen), so only the total and the kinds of answer are held here.
     assert sum(served.statuses.values()) + served.unanswered >= 500
-    assert sum(served.statuses.values()) >= 400
     assert set(served.statuses) == ANSWERS, served.statuses
     assert {"invalid_content_encoding", "unsupported_content_encoding", "payload_too_large", "invalid_json",
             "unauthorized"} <= set(served.codes), served.codes
