@@ -28,7 +28,7 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import ratelimit
 from gateway.http import ApiError, json_response
-from gateway.keys import BUS, CLOCK, CONFIG, DB
+from gateway.keys import BUS, CLOCK, CONFIG, DB, SCHEDULER
 from gateway.proxies import client_address
 from sync import MAX_ID, Accepted, Inbox, InboxError, InboxEvent, WebhookConfig, WebhookReceived
 
@@ -483,7 +483,9 @@ def _count(stats: WebhookStats, accepted: Accepted) -> None:
 async def _inbox_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CREDENTIALS] = Credentials.from_config(app[CONFIG].webhook)
     app[BODY_BUDGET] = BodyBudget(2 * app[CONFIG].webhook.max_body_bytes)
-    inbox = Inbox(app[DB], app[CLOCK], fsync=app[CONFIG].webhook.fsync)
+    scheduler = app.get(SCHEDULER)  # started before the inbox, stopped after it (cleanup_ctx order)
+    inbox = Inbox(app[DB], app[CLOCK], fsync=app[CONFIG].webhook.fsync,
+                  on_new_events=scheduler.notify if scheduler is not None else None)
     await inbox.start()
     app[INBOX] = inbox
     yield

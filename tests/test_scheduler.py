@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock, utc_iso
 from sync.config import Config, load_config
+from sync.control import inbox
 from sync.control.inbox_queries import InboxEvent, targets_for
 from sync.control.runner import SyncRunner
 from sync.control.scheduler import STATE_POLL, Scheduler, backoff_delay, resume_service
@@ -179,11 +180,21 @@ async def test_a_steady_stream_of_events_runs_no_later_than_max_wait_after_the_f
     assert fresh.offsets()[0] == MAX_WAIT
 
 
-async def test_a_webhook_received_event_on_the_bus_starts_the_debounce(fresh: Rig) -> None:
+async def test_an_inbox_wired_to_notify_starts_the_debounce_when_it_stores_an_event(fresh: Rig) -> None:
+    assert fresh.scheduler is not None
+    box = inbox.Inbox(fresh.db, fresh.clock, on_new_events=fresh.scheduler.notify)
+    await box.start()
+    await box.add(inbox.InboxEvent("k1", "Issue Hook", 1001, "issue", 1, b"{}"))
+    await box.close()
+    await fresh.step(DEBOUNCE)
+    assert fresh.triggers() == ["webhook"]
+
+
+async def test_a_webhook_received_event_on_the_bus_alone_wakes_no_run(fresh: Rig) -> None:
     await fresh.webhook()
     fresh.bus.publish("webhook.received", {"event_id": "x"})
     await fresh.step(DEBOUNCE)
-    assert fresh.triggers() == ["webhook"]
+    assert fresh.triggers() == []
 
 
 # -- single flight ----------------------------------------------------------------------------------------
@@ -587,8 +598,7 @@ async def test_with_the_real_runner_webhooks_sync_their_items_and_stop_interrupt
             "INSERT INTO webhook_events (event, project_id, kind, iid, received_at, payload)"
             " VALUES ('Issue Hook', ?, 'issue', 2, ?, '{}')", (project.id, clock.now()))
     sim.reset_counters()
-    bus.publish("webhook.received", {})
-    await asyncio.sleep(0)
+    scheduler.notify()
     await asyncio.wait_for(scheduler.idle(), SETTLE)
     await clock.advance(DEBOUNCE)
     await asyncio.wait_for(scheduler.idle(), 30)
