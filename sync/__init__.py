@@ -27,6 +27,7 @@ from sync.config import (
 from sync.control.doctor import FAIL, OK, Check, run_checks
 from sync.control.inbox import Accepted, Inbox, InboxError, InboxEvent
 from sync.control.inbox_queries import pending_rows
+from sync.control.lock import new_owner
 from sync.control.runner import SyncRunner
 from sync.control.runs import PROFILES, Run, RunLog
 from sync.control.scheduler import (
@@ -202,6 +203,7 @@ __all__ = [
     "load_config",
     "migrate",
     "mirrored_projects",
+    "new_owner",
     "parse_duration",
     "pending_rows",
     "project_exists",
