@@ -38,7 +38,13 @@ from sync.control.scheduler import (
     resume_service,
     settle_run,
 )
-from sync.control.status import ServiceState, read_service_state, sync_status
+from sync.control.status import (
+    SchedulerView,
+    ServiceState,
+    read_service_state,
+    stored_scheduler_view,
+    sync_status,
+)
 from sync.errors import PermanentError, SyncError, SyncInProgress
 from sync.events import (
     CatalogEvent,
@@ -170,6 +176,7 @@ __all__ = [
     "RunLog",
     "Scheduler",
     "SchedulerState",
+    "SchedulerView",
     "SearchHit",
     "SearchQueryError",
     "ServiceState",
@@ -222,6 +229,7 @@ __all__ = [
     "search",
     "settle_run",
     "short_secret",
+    "stored_scheduler_view",
     "sync_status",
     "utc_iso",
     "wanted_hook",

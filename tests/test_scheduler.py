@@ -23,7 +23,7 @@ from sync.control import inbox
 from sync.control.inbox_queries import InboxEvent, targets_for
 from sync.control.runner import SyncRunner
 from sync.control.scheduler import STATE_POLL, Scheduler, backoff_delay, resume_service
-from sync.control.status import read_service_state
+from sync.control.status import read_service_state, stored_scheduler_view
 from sync.errors import PermanentError, SyncInProgress, TransientError
 from sync.events import Event, EventBus
 from sync.ingest.pipeline import Target
@@ -443,6 +443,21 @@ async def test_a_permanent_failure_pauses_and_nothing_runs_until_resume(rig: Rig
     assert rig.triggers() == ["startup", "timer"]
     assert (await rig.inbox())[1][0] is not None
     assert rig.scheduler.state == "idle"
+
+
+async def test_a_process_without_a_scheduler_sees_the_same_paused_view_from_the_database(rig: Rig) -> None:
+    rig.runner.script = [PermanentError("gitlab_forbidden", "403 Forbidden")]
+    await rig.start()
+    await rig.settle()
+    assert rig.scheduler is not None
+    stored = await stored_scheduler_view(rig.db, rig.clock, rig.config)
+    assert stored == rig.scheduler.view()
+    assert stored.to_json()["state"] == "paused"
+
+
+async def test_an_idle_scheduler_and_its_stored_view_agree_on_the_next_timer_run(fresh: Rig) -> None:
+    assert fresh.scheduler is not None
+    assert await stored_scheduler_view(fresh.db, fresh.clock, fresh.config) == fresh.scheduler.view()
 
 
 async def test_a_resume_by_another_process_is_noticed_within_the_state_poll(rig: Rig) -> None:

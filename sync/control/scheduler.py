@@ -17,11 +17,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sync.clock import Clock, utc_iso
+from sync.clock import Clock
 from sync.config import SYNC_DISABLED, Config, SyncConfig
 from sync.control import inbox_queries as inbox
 from sync.control.runs import PROFILES, TRIGGERS, Run
-from sync.control.status import ServiceState, derive_state, read_service_state, sync_status
+from sync.control.status import SchedulerView, ServiceState, derive_state, read_service_state, sync_status
 from sync.errors import PermanentError, SyncError, SyncInProgress, TransientError
 from sync.events import EventBus, SchedulerState, SyncQueued
 from sync.ingest import mirror
@@ -306,14 +306,14 @@ class Scheduler:
         document["warnings"] = [*document.get("warnings", []), *self._warnings]
         return document
 
+    def view(self) -> SchedulerView:
+        """What the scheduler is doing now, from its memory (no database read)."""
+        return SchedulerView(self.state, self._next_run_at(), self._service.paused_reason,
+                             self._service.consecutive_failures)
+
     def snapshot(self) -> dict[str, Any]:
         """The `scheduler.state` event's data."""
-        return {
-            "state": self.state,
-            "next_run_at": utc_iso(self._next_run_at()),
-            "paused_reason": self._service.paused_reason,
-            "consecutive_failures": self._service.consecutive_failures,
-        }
+        return self.view().to_json()
 
     async def idle(self) -> None:
         """Wait until the loop has nothing due and waits for a deadline or a wake-up.
