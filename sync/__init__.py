@@ -113,7 +113,7 @@ from sync.store.db import Database, migrate
 from sync.store.migrations import MigrationError
 from sync.store.mounts import refuse_network_data_dir
 from sync.store.versions import DataVersions, VersionKey
-from sync.types import MAX_ID, Kind, Progress
+from sync.types import MAX_ID, ItemRef, Kind, Progress
 
 __all__ = [
     "CONFIG_ENV",
@@ -162,6 +162,7 @@ __all__ = [
     "InvalidFilter",
     "ItemFilters",
     "ItemKey",
+    "ItemRef",
     "Kind",
     "LeaderLease",
     "Manifest",
