@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import aiosqlite
 
 from sync.clock import Clock
+from sync.control import inbox_queries
 from sync.store.db import Database
 
 _INSERT = (
@@ -104,8 +105,7 @@ class Inbox:
 
     async def count_pending(self) -> int:
         """Stored events no committed sync run has processed yet."""
-        value = await self._db.fetchval("SELECT count(*) FROM webhook_events WHERE processed_at IS NULL")
-        return int(value or 0)
+        return await inbox_queries.count_pending(self._db)
 
     # -- the writer --------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any
 from sync.clock import Clock, utc_iso
 from sync.config import SYNC_DISABLED, Config
 from sync.control.freshness import project_freshness, webhook_intake
+from sync.control.inbox_queries import count_pending
 from sync.control.lock import SYNC_LOCK
 from sync.control.runs import RunLog
 from sync.gitlab.budget import budget_usage
@@ -71,10 +72,6 @@ async def lock_is_held(db: Database, clock: Clock, stale_after: float) -> bool:
     return heartbeat is not None and clock.now() - heartbeat < stale_after
 
 
-async def pending_events(db: Database) -> int:
-    return int(await db.fetchval("SELECT count(*) FROM webhook_events WHERE processed_at IS NULL") or 0)
-
-
 def derive_state(state: ServiceState, *, running: bool, debouncing: bool, now: float) -> str:
     if running:
         return "running"
@@ -119,7 +116,7 @@ async def sync_status(
         if in_backoff and not state.paused_reason
         else None,
         "paused_reason": state.paused_reason,
-        "pending_events": await pending_events(db),
+        "pending_events": await count_pending(db),
         "warnings": _warnings(config) + _hook_warnings(webhooks),
         "projects": await project_freshness(db, now),
         "webhook_intake": await webhook_intake(db, now),
