@@ -8,7 +8,6 @@ path id that is not a positive integer is a 404, like any other id that names no
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -20,8 +19,7 @@ from gateway import api_limits, openapi
 from gateway.auth import requires
 from gateway.cache import cache_ctx, conditional_json
 from gateway.http import ApiError, bad_parameter
-from gateway.keys import CONFIG, DB
-from gateway.tokens import signing_keys
+from gateway.keys import DB, SIGNING_KEYS
 from sync import (
     CursorCodec,
     InvalidCursor,
@@ -278,9 +276,9 @@ async def merge_request_discussions(request: web.Request) -> web.Response:
 
 
 async def _cursors_ctx(app: web.Application) -> AsyncIterator[None]:
-    # The gateway's signing keys (the auth context made them exist): cursors survive restarts and
-    # work across the processes of `serve --workers N`.
-    app[CURSORS] = CursorCodec(await asyncio.to_thread(signing_keys, app[CONFIG]))
+    # The gateway's signing keys, read by auth.setup's context (so auth.setup comes first): cursors
+    # survive restarts and work across the processes of `serve --workers N`.
+    app[CURSORS] = CursorCodec(app[SIGNING_KEYS])
     app[SHAPES] = {}
     yield
 

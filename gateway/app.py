@@ -34,6 +34,7 @@ from sync import (
     SyncRunner,
     SystemClock,
     ensure_data_dir,
+    new_owner,
     redis_client,
     refresh_health,
 )
@@ -137,12 +138,11 @@ async def _gitlab(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _runner(app: web.Application) -> AsyncIterator[None]:
-    runner = SyncRunner(app[DB], app[BUS], app[CLOCK], app[CONFIG], client=app.get(GITLAB))
-    client = app.get(REDIS)
-    if client is not None:
-        runner.lock.distributed = RedisLock(client, f"{DEFAULT_PREFIX}lock:sync", runner.owner,
-                                            ttl=app[CONFIG].sync.stale_lock)
-    app[RUNNER] = runner
+    owner, client = new_owner(), app.get(REDIS)
+    distributed = None if client is None else RedisLock(client, f"{DEFAULT_PREFIX}lock:sync", owner,
+                                                        ttl=app[CONFIG].sync.stale_lock)
+    app[RUNNER] = SyncRunner(app[DB], app[BUS], app[CLOCK], app[CONFIG], client=app.get(GITLAB), owner=owner,
+                             distributed_lock=distributed)
     yield
 
 

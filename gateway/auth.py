@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from gateway.http import ApiError, Handler, json_response
-from gateway.keys import CLOCK, CONFIG, DB
+from gateway.keys import CLOCK, CONFIG, DB, SIGNING_KEYS
 from gateway.tokens import SCOPES, Principal, TokenStore, UnknownToken, signing_keys
 from sync import utc_iso
 
@@ -27,8 +27,10 @@ log = logging.getLogger("lore_gateway.auth")
 
 
 async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Cleanup context: the token store, on the app's database, clock and signing keys."""
+    """Cleanup context: the signing keys (read once here, for every user: tokens, API cursors), and the
+    token store on the app's database and clock."""
     keys = await asyncio.to_thread(signing_keys, app[CONFIG])  # may create the key file
+    app[SIGNING_KEYS] = keys
     app[TOKENS] = TokenStore(app[DB], app[CLOCK], keys)
     if legacy := await app[TOKENS].legacy_count():
         log.warning("%d live API token(s) were made before tokens had a random part, so the signing key and the "

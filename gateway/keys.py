@@ -16,4 +16,5 @@ RUNNER = web.AppKey("runner", SyncRunner)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 REDIS = web.AppKey("redis", Redis)  # set only with a [redis] url
 LEADER = web.AppKey("leader_lease", LeaderLease)  # set only with a [redis] url and a scheduler
+SIGNING_KEYS = web.AppKey("signing_keys", tuple[str, ...])  # set by auth.setup; tokens and cursors
 WORKERS = web.AppKey("workers", int)  # processes serving this port (serve --workers N)

@@ -238,14 +238,14 @@ class GatewayCollector(Collector):
         scheduler = self._app.get(SCHEDULER)
         if scheduler is None:
             return
-        snapshot = scheduler.snapshot()
+        view = scheduler.view()
         state = GaugeMetricFamily(PREFIX + "scheduler_state", "1 for the scheduler's current state.",
                                   labels=["state"])
         for name in SCHEDULER_STATES:
-            state.add_metric([name], 1.0 if snapshot["state"] == name else 0.0)
+            state.add_metric([name], 1.0 if view.state == name else 0.0)
         yield state
         yield GaugeMetricFamily(PREFIX + "scheduler_consecutive_failures", "Failed automatic runs in a row "
-                                "(backoff grows with it).", value=snapshot["consecutive_failures"] or 0)
+                                "(backoff grows with it).", value=view.consecutive_failures)
 
     def _gitlab(self) -> Iterator[Metric]:
         client = self._app.get(GITLAB)

@@ -31,8 +31,7 @@ from sync import (
     Reset,
     SchedulerState,
     Subscription,
-    read_service_state,
-    sync_status,
+    stored_scheduler_view,
 )
 
 PATH = "/api/v1/events"
@@ -179,22 +178,9 @@ def _reset_reason(position: int | None, current: int) -> str:
 async def snapshot(app: web.Application) -> Event:
     """The `scheduler.state` event a client gets first (without an id: it is not on the bus)."""
     scheduler = app.get(SCHEDULER)
-    if scheduler is not None:
-        return Event(SchedulerState.name, scheduler.snapshot())
-    return Event(SchedulerState.name, await _snapshot_from_database(app))
-
-
-async def _snapshot_from_database(app: web.Application) -> dict[str, Any]:
-    """The same fields as Scheduler.snapshot(), for an app that runs no scheduler of its own."""
-    db, clock, config = app[DB], app[CLOCK], app[CONFIG]
-    status = await sync_status(db, clock, config)
-    service = await read_service_state(db)
-    return {
-        "state": status["scheduler_state"],
-        "next_run_at": status["next_run_at"],
-        "paused_reason": service.paused_reason,
-        "consecutive_failures": service.consecutive_failures,
-    }
+    view = scheduler.view() if scheduler is not None else await stored_scheduler_view(
+        app[DB], app[CLOCK], app[CONFIG])
+    return Event(SchedulerState.name, view.to_json())
 
 
 # -- the stream -------------------------------------------------------------------------------------

@@ -28,9 +28,9 @@ from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import ratelimit
 from gateway.http import ApiError, json_response
-from gateway.keys import BUS, CLOCK, CONFIG, DB
+from gateway.keys import BUS, CLOCK, CONFIG, DB, SCHEDULER
 from gateway.proxies import client_address
-from sync import MAX_ID, Accepted, Inbox, InboxError, InboxEvent, WebhookConfig, WebhookReceived
+from sync import MAX_ID, Accepted, Inbox, InboxError, InboxEvent, ItemRef, WebhookConfig, WebhookReceived
 
 log = logging.getLogger("lore_gateway.webhooks")
 
@@ -129,13 +129,6 @@ def authenticate(creds: Credentials, headers: Mapping[str, str], body: Body, now
 # -- routing ---------------------------------------------------------------------------------------
 # docs/webhooks.md has the table of every GitLab webhook and system-hook event and what happens to it.
 
-@dataclass(frozen=True)
-class Route:
-    project_id: int | None
-    kind: str | None  # issue | merge_request | project; None: stored, nothing to sync
-    iid: int | None
-
-
 _ITEM_KINDS = {"issue": "issue", "work_item": "issue", "merge_request": "merge_request"}
 _ISSUE_HOOKS = frozenset({"Issue Hook", "Confidential Issue Hook"})
 _NOTE_HOOKS = frozenset({"Note Hook", "Confidential Note Hook"})
@@ -153,7 +146,7 @@ _PROJECT_EVENTS = frozenset({"project_rename", "project_transfer", "project_upda
 _MENTION = re.compile(r"[#!]\d|/-/(?:issues|merge_requests|work_items)/\d")
 
 
-def route(event: str, payload: dict[str, Any]) -> Route | None:
+def route(event: str, payload: dict[str, Any]) -> ItemRef | None:
     """What to sync for this event; None for an event that changes nothing mirrored (answered, not stored)."""
     if event in _ISSUE_HOOKS:
         if _text(_get(payload, "object_attributes", "type")) in _UNMIRRORED_WORK_ITEMS:
@@ -180,7 +173,7 @@ def routes_by_header(event: str) -> bool:
     return event in _ROUTED_HEADERS
 
 
-def _system_route(payload: dict[str, Any]) -> Route | None:
+def _system_route(payload: dict[str, Any]) -> ItemRef | None:
     # One header for every kind. Newer events name themselves in object_kind, older ones (and push, which
     # has no object_kind in a system hook) in event_name. Issues and notes never come as system hooks.
     kind = _text(payload.get("object_kind")) or _text(payload.get("event_name"))
@@ -191,14 +184,14 @@ def _system_route(payload: dict[str, Any]) -> Route | None:
     return _project_route(payload, kind)
 
 
-def _project_route(payload: dict[str, Any], event_name: str) -> Route | None:
+def _project_route(payload: dict[str, Any], event_name: str) -> ItemRef | None:
     if event_name not in _PROJECT_EVENTS:
         return None
     project_id = _project_id(payload)
-    return Route(project_id, "project" if project_id is not None else None, None)
+    return ItemRef(project_id, "project" if project_id is not None else None, None)
 
 
-def _push_route(payload: dict[str, Any]) -> Route | None:
+def _push_route(payload: dict[str, Any]) -> ItemRef | None:
     """A push changes nothing mirrored by itself (new commits on an MR come as a Merge Request Hook), but a
     commit message that mentions an issue or MR adds a system note to it. GitLab carries only the newest
     20 commits (system hooks none): with some left out, a mention may be among them."""
@@ -209,14 +202,14 @@ def _push_route(payload: dict[str, Any]) -> Route | None:
     if not left_out and not any(_mentions(commit) for commit in carried):
         return None
     project_id = _project_id(payload)
-    return Route(project_id, "project" if project_id is not None else None, None)
+    return ItemRef(project_id, "project" if project_id is not None else None, None)
 
 
 def _mentions(commit: object) -> bool:
     return isinstance(commit, dict) and bool(_MENTION.search(_text(commit.get("message"))))
 
 
-def _item_route(payload: dict[str, Any], expected: tuple[str, ...]) -> Route:
+def _item_route(payload: dict[str, Any], expected: tuple[str, ...]) -> ItemRef:
     project_id = _project_id(payload)
     object_kind = _text(payload.get("object_kind"))
     kind = _ITEM_KINDS[object_kind] if object_kind in expected else None
@@ -224,23 +217,23 @@ def _item_route(payload: dict[str, Any], expected: tuple[str, ...]) -> Route:
     return _complete(project_id, kind, iid)
 
 
-def _note_route(payload: dict[str, Any]) -> Route | None:
+def _note_route(payload: dict[str, Any]) -> ItemRef | None:
     noteable_type = _text(_get(payload, "object_attributes", "noteable_type"))
     if noteable_type in _UNMIRRORED_NOTEABLES:  # the mirror keeps no commits or snippets
         return None
     project_id = _project_id(payload)
     noteable = _NOTEABLES.get(noteable_type)
     if noteable is None:  # missing or unknown: stored for an operator, nothing to refresh
-        return Route(project_id, None, None)
+        return ItemRef(project_id, None, None)
     kind, parent = noteable
     return _complete(project_id, kind, _positive_int(_get(payload, parent, "iid")))
 
 
-def _complete(project_id: int | None, kind: str | None, iid: int | None) -> Route:
+def _complete(project_id: int | None, kind: str | None, iid: int | None) -> ItemRef:
     """A kind only with both a project and an iid: half a target cannot be synced."""
     if project_id is None or iid is None:
         kind = None
-    return Route(project_id, kind, iid)
+    return ItemRef(project_id, kind, iid)
 
 
 def _project_id(payload: dict[str, Any]) -> int | None:
@@ -457,13 +450,14 @@ def _dedupe_key(request: web.Request, verified_id: str | None) -> str | None:
     return verified_id or request.headers.get("Idempotency-Key") or None
 
 
-def _kept(target: Route, body: Body) -> bytes:
+def _kept(target: ItemRef, body: Body) -> bytes:
     # What processing needs is the route; the body is kept only when routing could not understand it,
-    # for an operator to look at. Writing every ~2 KB body into the WAL cost a third of intake throughput.
+    # for an operator to look at. Writing every body into the WAL costs intake throughput
+    # (bench/webhook_bench.py).
     return bytes(body) if target.kind is None else b""
 
 
-async def _store(inbox: Inbox, key: str | None, event: str, target: Route, kept: bytes) -> Accepted:
+async def _store(inbox: Inbox, key: str | None, event: str, target: ItemRef, kept: bytes) -> Accepted:
     try:
         return await inbox.add(InboxEvent(key, event, target.project_id, target.kind, target.iid, kept))
     except InboxError as exc:
@@ -483,7 +477,9 @@ def _count(stats: WebhookStats, accepted: Accepted) -> None:
 async def _inbox_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CREDENTIALS] = Credentials.from_config(app[CONFIG].webhook)
     app[BODY_BUDGET] = BodyBudget(2 * app[CONFIG].webhook.max_body_bytes)
-    inbox = Inbox(app[DB], app[CLOCK], fsync=app[CONFIG].webhook.fsync)
+    scheduler = app.get(SCHEDULER)  # started before the inbox, stopped after it (cleanup_ctx order)
+    inbox = Inbox(app[DB], app[CLOCK], fsync=app[CONFIG].webhook.fsync,
+                  on_new_events=scheduler.notify if scheduler is not None else None)
     await inbox.start()
     app[INBOX] = inbox
     yield

@@ -27,6 +27,7 @@ from sync.config import (
 from sync.control.doctor import FAIL, OK, Check, run_checks
 from sync.control.inbox import Accepted, Inbox, InboxError, InboxEvent
 from sync.control.inbox_queries import pending_rows
+from sync.control.lock import new_owner
 from sync.control.runner import SyncRunner
 from sync.control.runs import PROFILES, Run, RunLog
 from sync.control.scheduler import (
@@ -37,7 +38,13 @@ from sync.control.scheduler import (
     resume_service,
     settle_run,
 )
-from sync.control.status import ServiceState, read_service_state, sync_status
+from sync.control.status import (
+    SchedulerView,
+    ServiceState,
+    read_service_state,
+    stored_scheduler_view,
+    sync_status,
+)
 from sync.errors import PermanentError, SyncError, SyncInProgress
 from sync.events import (
     CatalogEvent,
@@ -106,7 +113,7 @@ from sync.store.db import Database, migrate
 from sync.store.migrations import MigrationError
 from sync.store.mounts import refuse_network_data_dir
 from sync.store.versions import DataVersions, VersionKey
-from sync.types import MAX_ID, Kind, Progress
+from sync.types import MAX_ID, ItemRef, Kind, Progress
 
 __all__ = [
     "CONFIG_ENV",
@@ -155,6 +162,7 @@ __all__ = [
     "InvalidFilter",
     "ItemFilters",
     "ItemKey",
+    "ItemRef",
     "Kind",
     "LeaderLease",
     "Manifest",
@@ -169,6 +177,7 @@ __all__ = [
     "RunLog",
     "Scheduler",
     "SchedulerState",
+    "SchedulerView",
     "SearchHit",
     "SearchQueryError",
     "ServiceState",
@@ -202,6 +211,7 @@ __all__ = [
     "load_config",
     "migrate",
     "mirrored_projects",
+    "new_owner",
     "parse_duration",
     "pending_rows",
     "project_exists",
@@ -220,6 +230,7 @@ __all__ = [
     "search",
     "settle_run",
     "short_secret",
+    "stored_scheduler_view",
     "sync_status",
     "utc_iso",
     "wanted_hook",

@@ -1,4 +1,5 @@
-"""Small types shared across the engine, declared once: what kind of item, how far a stage is, the id range.
+"""Small types shared across the engine, declared once: what kind of item, which item an event names,
+how far a stage is, the id range.
 
 Kept apart from any step of the flow (as Starlette keeps `types.py`), so the write side and the read side
 both use them without importing each other.
@@ -7,9 +8,20 @@ both use them without importing each other.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["issue", "merge_request"]
 # A stage reports (stage name, done, total); the runner turns it into `sync.progress` events.
 Progress = Callable[[str, int, int], Awaitable[None]]
 MAX_ID = 2**63 - 1  # SQLite's INTEGER range: a larger id names no row
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """What one webhook event is about: an item, a whole project (kind "project", no iid), or nothing
+    to sync (kind None: stored, never fetched)."""
+
+    project_id: int | None
+    kind: str | None  # issue | merge_request | project | None
+    iid: int | None

@@ -205,3 +205,17 @@ async def test_fsync_commits_the_inbox_under_synchronous_full_and_leaves_other_w
     async with database.transaction() as conn:  # any other write afterwards: back to NORMAL
         await conn.execute("UPDATE service_state SET updated_at = 1 WHERE id = 1")
     assert seen == [level, 1]
+
+
+async def test_a_commit_that_stores_a_new_event_calls_on_new_events_and_a_duplicate_does_not(
+        database: Database) -> None:
+    calls: list[int] = []
+    box = Inbox(database, FakeClock(), on_new_events=lambda: calls.append(1))
+    await box.start()
+    await box.add(event("k1"))
+    await asyncio.sleep(0)
+    assert calls == [1]
+    await box.add(event("k1"))
+    await asyncio.sleep(0)
+    await box.close()
+    assert calls == [1]

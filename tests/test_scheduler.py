@@ -19,10 +19,11 @@ from aiohttp import web
 from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock, utc_iso
 from sync.config import Config, load_config
+from sync.control import inbox
 from sync.control.inbox_queries import InboxEvent, targets_for
 from sync.control.runner import SyncRunner
 from sync.control.scheduler import STATE_POLL, Scheduler, backoff_delay, resume_service
-from sync.control.status import read_service_state
+from sync.control.status import read_service_state, stored_scheduler_view
 from sync.errors import PermanentError, SyncInProgress, TransientError
 from sync.events import Event, EventBus
 from sync.ingest.pipeline import Target
@@ -179,11 +180,21 @@ async def test_a_steady_stream_of_events_runs_no_later_than_max_wait_after_the_f
     assert fresh.offsets()[0] == MAX_WAIT
 
 
-async def test_a_webhook_received_event_on_the_bus_starts_the_debounce(fresh: Rig) -> None:
+async def test_an_inbox_wired_to_notify_starts_the_debounce_when_it_stores_an_event(fresh: Rig) -> None:
+    assert fresh.scheduler is not None
+    box = inbox.Inbox(fresh.db, fresh.clock, on_new_events=fresh.scheduler.notify)
+    await box.start()
+    await box.add(inbox.InboxEvent("k1", "Issue Hook", 1001, "issue", 1, b"{}"))
+    await box.close()
+    await fresh.step(DEBOUNCE)
+    assert fresh.triggers() == ["webhook"]
+
+
+async def test_a_webhook_received_event_on_the_bus_alone_wakes_no_run(fresh: Rig) -> None:
     await fresh.webhook()
     fresh.bus.publish("webhook.received", {"event_id": "x"})
     await fresh.step(DEBOUNCE)
-    assert fresh.triggers() == ["webhook"]
+    assert fresh.triggers() == []
 
 
 # -- single flight ----------------------------------------------------------------------------------------
@@ -434,6 +445,21 @@ async def test_a_permanent_failure_pauses_and_nothing_runs_until_resume(rig: Rig
     assert rig.scheduler.state == "idle"
 
 
+async def test_a_process_without_a_scheduler_sees_the_same_paused_view_from_the_database(rig: Rig) -> None:
+    rig.runner.script = [PermanentError("gitlab_forbidden", "403 Forbidden")]
+    await rig.start()
+    await rig.settle()
+    assert rig.scheduler is not None
+    stored = await stored_scheduler_view(rig.db, rig.clock, rig.config)
+    assert stored == rig.scheduler.view()
+    assert stored.to_json()["state"] == "paused"
+
+
+async def test_an_idle_scheduler_and_its_stored_view_agree_on_the_next_timer_run(fresh: Rig) -> None:
+    assert fresh.scheduler is not None
+    assert await stored_scheduler_view(fresh.db, fresh.clock, fresh.config) == fresh.scheduler.view()
+
+
 async def test_a_resume_by_another_process_is_noticed_within_the_state_poll(rig: Rig) -> None:
     rig.runner.script = [PermanentError("gitlab_forbidden", "403 Forbidden")]
     await rig.start()
@@ -587,8 +613,7 @@ async def test_with_the_real_runner_webhooks_sync_their_items_and_stop_interrupt
             "INSERT INTO webhook_events (event, project_id, kind, iid, received_at, payload)"
             " VALUES ('Issue Hook', ?, 'issue', 2, ?, '{}')", (project.id, clock.now()))
     sim.reset_counters()
-    bus.publish("webhook.received", {})
-    await asyncio.sleep(0)
+    scheduler.notify()
     await asyncio.wait_for(scheduler.idle(), SETTLE)
     await clock.advance(DEBOUNCE)
     await asyncio.wait_for(scheduler.idle(), 30)

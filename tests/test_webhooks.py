@@ -21,6 +21,7 @@ from gateway.simulator.gitlab import GitLabSimulator, Webhook, sign_webhook
 from sync.clock import FakeClock
 from sync.config import Config, GatewayConfig, RateLimitConfig, WebhookConfig
 from sync.events import Event
+from sync.types import ItemRef
 from tests.test_inbox import observe_synchronous
 
 SECRET = "s3cret-token-0123456789"
@@ -430,13 +431,13 @@ async def test_a_push_that_mentions_no_issue_or_mr_starts_nothing(
 def test_each_form_of_mention_makes_a_push_a_project_pass(message: str) -> None:
     payload = {"project_id": 1001, "commits": [{"message": message}], "total_commits_count": 1}
 
-    assert webhooks.route("Push Hook", payload) == webhooks.Route(1001, "project", None)
+    assert webhooks.route("Push Hook", payload) == ItemRef(1001, "project", None)
 
 
 def test_a_push_with_commits_left_out_is_a_project_pass_whatever_it_carries() -> None:
     payload = {"project_id": 1001, "commits": [{"message": "nothing"}], "total_commits_count": 21}
 
-    assert webhooks.route("Push Hook", payload) == webhooks.Route(1001, "project", None)
+    assert webhooks.route("Push Hook", payload) == ItemRef(1001, "project", None)
 
 
 async def test_the_body_of_an_event_that_cannot_matter_is_never_parsed(gateway: MakeClient) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import aiosqlite
 
 from sync.clock import Clock
+from sync.control import inbox_queries
 from sync.store.db import Database
 
 _INSERT = (
@@ -57,13 +58,16 @@ class _Pending:
 class Inbox:
     """Group-committing writer of `webhook_events`; `start()` before `add()`, `close()` flushes."""
 
-    def __init__(self, db: Database, clock: Clock, *, max_batch: int = 512, fsync: bool = False) -> None:
-        """`fsync`: each commit waits for the disk (synchronous=FULL), so it survives a power cut too."""
+    def __init__(self, db: Database, clock: Clock, *, max_batch: int = 512, fsync: bool = False,
+                 on_new_events: Callable[[], None] | None = None) -> None:
+        """`fsync`: each commit waits for the disk (synchronous=FULL), so it survives a power cut too.
+        `on_new_events`: called after a commit that stored a new event (the scheduler's `notify`)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._db = db
         self._fsync = fsync
         self._clock = clock
+        self._on_new_events = on_new_events
         self._max_batch = max_batch
         self._queue: deque[_Pending] = deque()
         self._wakeup = asyncio.Event()
@@ -101,8 +105,7 @@ class Inbox:
 
     async def count_pending(self) -> int:
         """Stored events no committed sync run has processed yet."""
-        value = await self._db.fetchval("SELECT count(*) FROM webhook_events WHERE processed_at IS NULL")
-        return int(value or 0)
+        return await inbox_queries.count_pending(self._db)
 
     # -- the writer --------------------------------------------------------------------------------
 
@@ -129,6 +132,10 @@ class Inbox:
         for pending, accepted in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(accepted)
+        if self._on_new_events is not None and not all(a.duplicate for a in results):
+            # Deferred, so the callers answered above run first: their webhook.received precedes the
+            # scheduler's reaction on the bus.
+            asyncio.get_running_loop().call_soon(self._on_new_events)
 
     async def _store(self, events: Sequence[InboxEvent]) -> list[Accepted]:
         keys = {e.idempotency_key for e in events if e.idempotency_key is not None}

@@ -27,6 +27,8 @@ class InboxEvent:
     iid: int | None
 
 
+_UNPROCESSED = "FROM webhook_events WHERE processed_at IS NULL"  # pending: no committed run covered it yet
+
 # Group and system hooks speak for every project GitLab has, not only the mirrored ones. An event about a
 # project the mirror does not hold names nothing to fetch (its kind reads as NULL), so it starts no run:
 # the rows in `projects` are the configured projects once a run has resolved them. Before the first run
@@ -47,7 +49,12 @@ async def pending_rows(db: Database) -> list[InboxEvent]:
 
 
 async def has_pending(db: Database) -> bool:
-    return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM webhook_events WHERE processed_at IS NULL)"))
+    return bool(await db.fetchval(f"SELECT EXISTS (SELECT 1 {_UNPROCESSED})"))
+
+
+async def count_pending(db: Database) -> int:
+    """Stored events no committed sync run has processed yet."""
+    return int(await db.fetchval(f"SELECT count(*) {_UNPROCESSED}") or 0)
 
 
 async def mark_processed(conn: Any, ids: Sequence[int], run_id: int | None, now: float) -> None:

@@ -55,7 +55,8 @@ def new_owner() -> str:
 
 class SyncLock:
     def __init__(
-        self, db: Database, clock: Clock, owner: str, *, stale_after: float, name: str = SYNC_LOCK
+        self, db: Database, clock: Clock, owner: str, *, stale_after: float, name: str = SYNC_LOCK,
+        distributed: DistributedLock | None = None,
     ) -> None:
         self._db = db
         self._clock = clock
@@ -63,7 +64,7 @@ class SyncLock:
         self.name = name
         self.stale_after = stale_after
         self.interrupted_runs: list[int] = []
-        self.distributed: DistributedLock | None = None  # taken before the row when set
+        self.distributed = distributed  # taken before the row when set
         self.fence: int | None = None  # the distributed lock's fencing token while held
 
     @property

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from sync.clock import Clock
 from sync.config import SYNC_DISABLED, Config
-from sync.control.lock import SyncLock, new_owner
+from sync.control.lock import DistributedLock, SyncLock, new_owner
 from sync.control.runs import Run, RunLog
 from sync.errors import PermanentError, SyncError, TransientError
 from sync.events import DataChanged, EventBus, SyncFailed, SyncFinished, SyncProgress, SyncStarted
@@ -53,7 +53,9 @@ class SyncRunner:
         *,
         client: GitLabClient | None = None,
         owner: str | None = None,
+        distributed_lock: DistributedLock | None = None,
     ) -> None:
+        """`distributed_lock`: shared beyond this database (Redis), held by `owner`, taken before the row."""
         self._db = db
         self._bus = bus
         self._clock = clock
@@ -61,7 +63,8 @@ class SyncRunner:
         self._client = client
         self.owner = owner or new_owner()
         self.runs = RunLog(db, clock)
-        self.lock = SyncLock(db, clock, self.owner, stale_after=config.sync.stale_lock)
+        self.lock = SyncLock(db, clock, self.owner, stale_after=config.sync.stale_lock,
+                             distributed=distributed_lock)
 
     async def run(self, request: SyncRequest, *, wait: bool = False) -> Run:
         """Run now; raises SyncInProgress when another run holds the lock (unless `wait`)."""

@@ -17,13 +17,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sync.clock import Clock, utc_iso
+from sync.clock import Clock
 from sync.config import SYNC_DISABLED, Config, SyncConfig
 from sync.control import inbox_queries as inbox
 from sync.control.runs import PROFILES, TRIGGERS, Run
-from sync.control.status import ServiceState, derive_state, read_service_state, sync_status
+from sync.control.status import SchedulerView, ServiceState, derive_state, read_service_state, sync_status
 from sync.errors import PermanentError, SyncError, SyncInProgress, TransientError
-from sync.events import Event, EventBus, SchedulerState, SyncQueued, WebhookReceived
+from sync.events import EventBus, SchedulerState, SyncQueued
 from sync.ingest import mirror
 from sync.ingest.pipeline import SyncRequest
 from sync.read import changes
@@ -221,7 +221,6 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._parked = asyncio.Event()  # set while the loop sleeps with nothing due
         self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._published: tuple[str, str | None, int] | None = None
         self._watch: asyncio.Task[None] | None = None
 
@@ -237,8 +236,6 @@ class Scheduler:
         if self._automatic_allowed() and self._timer_due_at(self._clock.now()) <= self._clock.now():
             self._wants.startup = True
             self._announce("startup")
-        self._loop = asyncio.get_running_loop()
-        self._bus.add_listener(self._on_event)
         self._task = asyncio.create_task(self._run_loop(), name="lore-gateway-scheduler")
         self._task.add_done_callback(_log_crash)
         self._watch = asyncio.create_task(self._watch_service_state(), name="lore-gateway-state-watch")
@@ -249,7 +246,6 @@ class Scheduler:
 
         Safe to call more than once, and before `start`.
         """
-        self._bus.remove_listener(self._on_event)
         watch, self._watch = self._watch, None
         if watch is not None:
             watch.cancel()
@@ -310,14 +306,14 @@ class Scheduler:
         document["warnings"] = [*document.get("warnings", []), *self._warnings]
         return document
 
+    def view(self) -> SchedulerView:
+        """What the scheduler is doing now, from its memory (no database read)."""
+        return SchedulerView(self.state, self._next_run_at(), self._service.paused_reason,
+                             self._service.consecutive_failures)
+
     def snapshot(self) -> dict[str, Any]:
         """The `scheduler.state` event's data."""
-        return {
-            "state": self.state,
-            "next_run_at": utc_iso(self._next_run_at()),
-            "paused_reason": self._service.paused_reason,
-            "consecutive_failures": self._service.consecutive_failures,
-        }
+        return self.view().to_json()
 
     async def idle(self) -> None:
         """Wait until the loop has nothing due and waits for a deadline or a wake-up.
@@ -543,11 +539,6 @@ class Scheduler:
         self._wake.set()
         self._parked.clear()
         self._publish_state()
-
-    def _on_event(self, event: Event) -> None:
-        if event.name == WebhookReceived.name and self._loop is not None:
-            # Deferred: publishing from inside another publish would deliver our events before that one.
-            self._loop.call_soon(self.notify)
 
     def _announce(self, trigger: str) -> None:
         self._bus.emit(SyncQueued(None, trigger))

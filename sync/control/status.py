@@ -13,6 +13,7 @@ from typing import Any
 from sync.clock import Clock, utc_iso
 from sync.config import SYNC_DISABLED, Config
 from sync.control.freshness import project_freshness, webhook_intake
+from sync.control.inbox_queries import count_pending
 from sync.control.lock import SYNC_LOCK
 from sync.control.runs import RunLog
 from sync.gitlab.budget import budget_usage
@@ -36,13 +37,39 @@ async def read_service_state(db: Database) -> ServiceState:
     return ServiceState(row[0], row[1], row[2])
 
 
+@dataclass(frozen=True)
+class SchedulerView:
+    """What the scheduler is doing: the data of the `scheduler.state` event (docs/api.md)."""
+
+    state: str  # idle | debouncing | running | backoff | paused
+    next_run_at: float | None
+    paused_reason: str | None
+    consecutive_failures: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "next_run_at": utc_iso(self.next_run_at),
+            "paused_reason": self.paused_reason,
+            "consecutive_failures": self.consecutive_failures,
+        }
+
+
+async def stored_scheduler_view(db: Database, clock: Clock, config: Config) -> SchedulerView:
+    """The scheduler's view from the database alone, for a process that runs no scheduler of its own."""
+    state = await read_service_state(db)
+    now = clock.now()
+    running = await lock_is_held(db, clock, config.sync.stale_lock)
+    next_run_at = None
+    if config.gitlab.enabled and not state.paused_reason:
+        next_run_at = _next_timer_run(await RunLog(db, clock).last_success_at(), state, now, config.sync.interval)
+    return SchedulerView(derive_state(state, running=running, debouncing=False, now=now), next_run_at,
+                         state.paused_reason, state.consecutive_failures)
+
+
 async def lock_is_held(db: Database, clock: Clock, stale_after: float) -> bool:
     heartbeat = await db.fetchval("SELECT heartbeat_at FROM locks WHERE name = ?", (SYNC_LOCK,))
     return heartbeat is not None and clock.now() - heartbeat < stale_after
-
-
-async def pending_events(db: Database) -> int:
-    return int(await db.fetchval("SELECT count(*) FROM webhook_events WHERE processed_at IS NULL") or 0)
 
 
 def derive_state(state: ServiceState, *, running: bool, debouncing: bool, now: float) -> str:
@@ -89,7 +116,7 @@ async def sync_status(
         if in_backoff and not state.paused_reason
         else None,
         "paused_reason": state.paused_reason,
-        "pending_events": await pending_events(db),
+        "pending_events": await count_pending(db),
         "warnings": _warnings(config) + _hook_warnings(webhooks),
         "projects": await project_freshness(db, now),
         "webhook_intake": await webhook_intake(db, now),

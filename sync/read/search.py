@@ -21,13 +21,14 @@ KINDS = ("issue", "merge_request", "note")
 TITLE_WEIGHT = 10.0
 BODY_WEIGHT = 1.0
 TAGS_WEIGHT = 0.0  # the filter tokens of migrations/007 never add to a score
-# bm25 costs a few microseconds a matching row: ranking all 49,000 matches of a word found nearly
-# everywhere took ~200 ms. Past this many matches, rank the newest ones only (a rowid range FTS5 seeks to).
+# bm25 costs time for every matching row, so ranking every match of a word found nearly everywhere is
+# slow (bench/search_bench.py measures it). Past this many matches, rank the newest ones only (a rowid
+# range FTS5 seeks to).
 RANK_WINDOW = 1_000
 SNIPPET_TOKENS = 16
 MARK_OPEN, MARK_CLOSE, ELLIPSIS = "<mark>", "</mark>", "…"
-# FTS5's snippet() scores a window at every instance of the query's terms: quadratic in their count.
-# A 1 MB description repeating a word 50,000 times took ~28 s; a word 5,000 times in one body, ~190 ms.
+# FTS5's snippet() scores a window at every instance of the query's terms: quadratic in their count, so
+# one long body repeating the searched word holds a reader thread for seconds (bench/search_bench.py).
 # Bodies longer than this get their snippet made here instead (_plain_snippet), in one regex pass.
 SNIPPET_BODY_LIMIT = 8_192
 
