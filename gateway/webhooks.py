@@ -459,7 +459,7 @@ def _kept(target: ItemRef, body: Body) -> bytes:
 
 async def _store(inbox: Inbox, key: str | None, event: str, target: ItemRef, kept: bytes) -> Accepted:
     try:
-        return await inbox.add(InboxEvent(key, event, target.project_id, target.kind, target.iid, kept))
+        return await inbox.add(InboxEvent(key, event, target, kept))
     except InboxError as exc:
         log.warning("webhook not stored: %s", exc)  # the reason is SQLite's, never the payload
         raise ApiError(503, "not_ready", "the event could not be stored; try again later") from None

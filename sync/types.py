@@ -17,11 +17,16 @@ Progress = Callable[[str, int, int], Awaitable[None]]
 MAX_ID = 2**63 - 1  # SQLite's INTEGER range: a larger id names no row
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ItemRef:
-    """What one webhook event is about: an item, a whole project (kind "project", no iid), or nothing
-    to sync (kind None: stored, never fetched)."""
+    """Which item something is about, the one record of (project, kind, iid) in the engine.
+
+    A webhook event names an item, a whole project (kind "project", no iid), or nothing to sync (kind
+    None: stored, never fetched); a sync run's targets are the first two; the mirror's rows (rechecks,
+    deletions) are always an issue or merge request with an iid. Frozen and slotted: webhooks build one
+    per request and targets are deduplicated as dict keys.
+    """
 
     project_id: int | None
     kind: str | None  # issue | merge_request | project | None
-    iid: int | None
+    iid: int | None = None

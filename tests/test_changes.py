@@ -11,10 +11,11 @@ from sync.clock import SystemClock
 from sync.control.runner import SyncRunner
 from sync.events import EventBus
 from sync.ingest import mirror
-from sync.ingest.pipeline import SyncRequest, Target
+from sync.ingest.pipeline import SyncRequest
 from sync.read import changes
 from sync.read.changes import CursorExpired, InvalidChangeCursor, read_changes
 from sync.store.db import Database
+from sync.types import ItemRef
 from tests.test_pipeline import runner_for
 
 
@@ -189,7 +190,7 @@ async def test_sync_create_update_and_delete_reach_the_feed_once_each_in_order(s
     await runner.run(SyncRequest(profile="fast"))
     await runner.run(SyncRequest(profile="fast"))  # nothing new: nothing in the feed
     del simulator.projects[1001].issues[5]
-    await runner.run(SyncRequest(trigger="webhook", profile="fast", targets=(Target(1001, "issue", 5),)))
+    await runner.run(SyncRequest(trigger="webhook", profile="fast", targets=(ItemRef(1001, "issue", 5),)))
     later = await read_changes(db, first.next_cursor, changes.MAX_LIMIT)
     new_note = await db.fetchval("SELECT max(id) FROM notes WHERE noteable_kind = 'issue' AND noteable_iid = 3"
                                  " AND project_id = 1001")

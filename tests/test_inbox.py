@@ -14,10 +14,11 @@ import pytest
 from sync.clock import FakeClock
 from sync.control.inbox import Accepted, Inbox, InboxError, InboxEvent
 from sync.store.db import Database
+from sync.types import ItemRef
 
 
 def event(key: str | None = None, *, name: str = "Issue Hook", iid: int | None = 7) -> InboxEvent:
-    return InboxEvent(key, name, 1001, "issue" if iid else None, iid, b'{"object_kind":"issue"}')
+    return InboxEvent(key, name, ItemRef(1001, "issue" if iid else None, iid), b'{"object_kind":"issue"}')
 
 
 @pytest.fixture
@@ -132,7 +133,7 @@ async def test_the_writer_survives_a_failed_commit(inbox: Inbox, database: Datab
 
 async def test_an_integer_sqlite_cannot_hold_fails_the_batch_not_the_writer(inbox: Inbox) -> None:
     with pytest.raises(InboxError):
-        await inbox.add(InboxEvent(None, "Issue Hook", 2**70, "issue", 1, b"{}"))
+        await inbox.add(InboxEvent(None, "Issue Hook", ItemRef(2**70, "issue", 1), b"{}"))
 
     assert not (await inbox.add(event("after"))).duplicate
 

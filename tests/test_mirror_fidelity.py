@@ -23,8 +23,9 @@ from sync.control.runner import SyncRunner
 from sync.control.scheduler import Scheduler
 from sync.control.status import read_service_state
 from sync.events import EventBus
-from sync.ingest.pipeline import SyncRequest, Target
+from sync.ingest.pipeline import SyncRequest
 from sync.store.db import Database
+from sync.types import ItemRef
 from tests.conftest import SIM_TOKEN, make_config
 from tests.test_cli_sync import cli, cli_env
 from tests.test_scheduler import FakeRunner, Rig
@@ -150,7 +151,7 @@ async def test_a_targeted_item_whose_diffs_404_is_deleted_at_once(rigged: Rigged
     project = next(iter(rigged.sim.projects.values()))
     await rigged.sync()
     rigged.sim.inject_fault(404, path_contains="/merge_requests/4/diffs", times=10)
-    run = await rigged.sync(trigger="webhook", targets=(Target(project.id, "merge_request", 4),))
+    run = await rigged.sync(trigger="webhook", targets=(ItemRef(project.id, "merge_request", 4),))
     assert run.counts["deleted"] == 1
     assert await item_count(rigged.db, "merge_requests", project.id, 4) == 0
     assert await rigged.db.fetchval("SELECT count(*) FROM mr_files WHERE mr_iid = 4") == 0
@@ -180,7 +181,7 @@ async def test_a_project_that_vanishes_mid_run_pauses_instead_of_emptying_the_mi
         sim.update_issue(project.id, iid, title=f"edited {iid}")
     sim.inject_fault(404, path_contains="/discussions", times=100)
     project_gone = True  # GitLab lets the run resolve the project, then it is gone
-    run = await rig.runner.run(SyncRequest(profile="fast", targets=(Target(project.id, "issue", 1),)))
+    run = await rig.runner.run(SyncRequest(profile="fast", targets=(ItemRef(project.id, "issue", 1),)))
     assert run.status == "failed" and run.transient is False and run.error_code == "project_not_found"
     assert await db.fetchval("SELECT count(*) FROM issues") == 8
 

@@ -11,7 +11,8 @@ from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import SystemClock
 from sync.control.runner import SyncRunner
 from sync.events import EventBus
-from sync.ingest.pipeline import SyncRequest, Target
+from sync.ingest.pipeline import SyncRequest
+from sync.types import ItemRef
 
 
 async def counts(db, table: str) -> int:
@@ -162,7 +163,9 @@ async def test_a_targeted_run_fetches_only_the_named_items(simulator, config_for
     simulator.reset_counters()
     bus = EventBus()
     changes = bus.subscribe()
-    targets = (Target(1002, "issue", 4), Target(1001, "merge_request", 2), Target(9999, "issue", 1))
+    # A reference with no kind names nothing to fetch (the inbox stores such events, the run skips them).
+    targets = (ItemRef(1002, "issue", 4), ItemRef(1001, "merge_request", 2), ItemRef(9999, "issue", 1),
+               ItemRef(1001, None, 3))
     run = await runner_for(db, config_for(), bus).run(
         SyncRequest(trigger="webhook", profile="fast", targets=targets)
     )
@@ -185,7 +188,7 @@ async def test_a_targeted_item_gitlab_no_longer_has_is_removed(simulator, config
     await runner.run(SyncRequest(profile="balanced"))
     del simulator.projects[1001].issues[5]
     run = await runner.run(
-        SyncRequest(trigger="webhook", profile="balanced", targets=(Target(1001, "issue", 5),))
+        SyncRequest(trigger="webhook", profile="balanced", targets=(ItemRef(1001, "issue", 5),))
     )
     assert run.status == "succeeded" and run.counts["deleted"] == 1
     assert await db.fetchval("SELECT count(*) FROM issues WHERE project_id = 1001 AND iid = 5") == 0

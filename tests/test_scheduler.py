@@ -20,14 +20,14 @@ from gateway.simulator.gitlab import GitLabSimulator
 from sync.clock import FakeClock, utc_iso
 from sync.config import Config, load_config
 from sync.control import inbox
-from sync.control.inbox_queries import InboxEvent, targets_for
+from sync.control.inbox_queries import PendingEvent, targets_for
 from sync.control.runner import SyncRunner
 from sync.control.scheduler import STATE_POLL, Scheduler, backoff_delay, resume_service
 from sync.control.status import read_service_state, stored_scheduler_view
 from sync.errors import PermanentError, SyncInProgress, TransientError
 from sync.events import Event, EventBus
-from sync.ingest.pipeline import Target
 from sync.store.db import Database
+from sync.types import ItemRef
 from tests.conftest import FakeRunner
 
 INTERVAL = 1800.0
@@ -184,7 +184,7 @@ async def test_an_inbox_wired_to_notify_starts_the_debounce_when_it_stores_an_ev
     assert fresh.scheduler is not None
     box = inbox.Inbox(fresh.db, fresh.clock, on_new_events=fresh.scheduler.notify)
     await box.start()
-    await box.add(inbox.InboxEvent("k1", "Issue Hook", 1001, "issue", 1, b"{}"))
+    await box.add(inbox.InboxEvent("k1", "Issue Hook", ItemRef(1001, "issue", 1), b"{}"))
     await box.close()
     await fresh.step(DEBOUNCE)
     assert fresh.triggers() == ["webhook"]
@@ -212,7 +212,7 @@ async def test_400_notifies_during_a_run_give_exactly_one_follow_up_run(fresh: R
     await fresh.step(DEBOUNCE)
     await fresh.step(INTERVAL / 2)
     assert fresh.triggers() == ["api", "webhook"]
-    assert fresh.runner.requests[1].targets == (Target(1001, "project"),)
+    assert fresh.runner.requests[1].targets == (ItemRef(1001, "project"),)
 
 
 async def test_api_requests_during_a_run_coalesce_and_keep_the_fullest_profile(fresh: Rig) -> None:
@@ -242,7 +242,7 @@ async def test_targets_come_from_pending_rows_which_a_successful_run_marks_with_
     await fresh.step(DEBOUNCE)
     [request] = fresh.runner.requests
     assert request.targets == (
-        Target(1001, "issue", 5), Target(1001, "merge_request", 7), Target(1001, "project"),
+        ItemRef(1001, "issue", 5), ItemRef(1001, "merge_request", 7), ItemRef(1001, "project"),
     )
     run_id = await fresh.db.fetchval("SELECT max(id) FROM sync_runs")
     assert await fresh.inbox() == {i: (fresh.clock.now(), run_id) for i in ids}
@@ -273,7 +273,7 @@ async def test_rows_of_a_failed_run_stay_pending_and_are_retried_after_the_backo
     state = await read_service_state(fresh.db)
     await fresh.step_to(state.next_retry_at + 0.25)
     assert fresh.triggers() == ["webhook", "webhook"]
-    assert fresh.runner.requests[1].targets == (Target(1001, "issue", 9),)
+    assert fresh.runner.requests[1].targets == (ItemRef(1001, "issue", 9),)
     assert (await fresh.inbox())[row][1] == await fresh.db.fetchval("SELECT max(id) FROM sync_runs")
 
 
@@ -331,8 +331,9 @@ async def test_change_feed_entries_older_than_retention_are_pruned_after_a_succe
 
 
 def test_many_items_of_one_project_become_one_incremental_pass() -> None:
-    events = [InboxEvent(i, 1001, "issue", i) for i in range(1, 60)] + [InboxEvent(99, 1002, "issue", 3)]
-    assert targets_for(events) == (Target(1002, "issue", 3), Target(1001, "project"))
+    events = [PendingEvent(i, ItemRef(1001, "issue", i)) for i in range(1, 60)] + [
+        PendingEvent(99, ItemRef(1002, "issue", 3))]
+    assert targets_for(events) == (ItemRef(1002, "issue", 3), ItemRef(1001, "project"))
 
 
 # -- timer fallback and start-up --------------------------------------------------------------------------
@@ -534,7 +535,7 @@ async def test_a_webhook_run_blocked_by_another_process_keeps_its_events_for_the
     assert await fresh.inbox() == {row: (None, None)}
     await fresh.step(DEBOUNCE)
     assert [(r.trigger, r.targets) for r in fresh.runner.requests] == [
-        ("webhook", (Target(1001, "issue", 3),)), ("webhook", (Target(1001, "issue", 3),)),
+        ("webhook", (ItemRef(1001, "issue", 3),)), ("webhook", (ItemRef(1001, "issue", 3),)),
     ]
     assert (await fresh.inbox())[row][1] is not None
 

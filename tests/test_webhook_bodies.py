@@ -18,6 +18,7 @@ from sync.clock import FakeClock
 from sync.config import WebhookConfig
 from sync.control import inbox_queries
 from sync.store.db import Database
+from sync.types import ItemRef
 from tests.test_webhooks import NOW, SECRET, SIGNING_TOKEN, URL, MakeClient, gateway  # noqa: F401
 
 MB = 1_000_000
@@ -135,8 +136,8 @@ async def test_an_event_about_a_project_the_mirror_does_not_hold_names_nothing_t
 
     events = await inbox_queries.pending_rows(database)
 
-    assert [(e.project_id, e.kind) for e in events] == [(1001, "project"), (4242, None), (4242, None)]
-    assert inbox_queries.targets_for(events) == (inbox_queries.Target(1001, "project"),)
+    assert [(e.item.project_id, e.item.kind) for e in events] == [(1001, "project"), (4242, None), (4242, None)]
+    assert inbox_queries.targets_for(events) == (ItemRef(1001, "project"),)
 
 
 async def test_before_the_first_sync_no_event_is_filtered(database: Database) -> None:
@@ -144,7 +145,7 @@ async def test_before_the_first_sync_no_event_is_filtered(database: Database) ->
 
     events = await inbox_queries.pending_rows(database)
 
-    assert [(e.project_id, e.kind, e.iid) for e in events] == [(4242, "merge_request", 7)]
+    assert [(e.item.project_id, e.item.kind, e.item.iid) for e in events] == [(4242, "merge_request", 7)]
 
 
 # -- large bodies take the standard library's parser: same answers as orjson's ---------------------------

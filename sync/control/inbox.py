@@ -22,6 +22,7 @@ import aiosqlite
 from sync.clock import Clock
 from sync.control import inbox_queries
 from sync.store.db import Database
+from sync.types import ItemRef
 
 _INSERT = (
     "INSERT INTO webhook_events (id, idempotency_key, event, project_id, kind, iid, received_at, payload)"
@@ -29,13 +30,14 @@ _INSERT = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InboxEvent:
+    """A webhook event as the gateway hands it in to be stored. What the scheduler reads back of a stored
+    one is inbox_queries.PendingEvent."""
+
     idempotency_key: str | None  # None: not deduplicated (GitLab before 17.4 sends no key)
     event: str
-    project_id: int | None
-    kind: str | None  # issue | merge_request | project, or None when there is nothing to sync
-    iid: int | None
+    item: ItemRef  # kind None when there is nothing to sync
     payload: bytes
 
 
@@ -178,7 +180,8 @@ def _plan(
             continue
         if key is not None:
             existing[key] = next_id
-        rows.append((next_id, key, e.event, e.project_id, e.kind, e.iid, now, e.payload))
+        item = e.item
+        rows.append((next_id, key, e.event, item.project_id, item.kind, item.iid, now, e.payload))
         results.append(Accepted(next_id, duplicate=False))
         next_id += 1
     return results, rows

@@ -11,20 +11,21 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sync.ingest.pipeline import Target
 from sync.store.db import Database
+from sync.types import ItemRef
 
 # A project named by this many distinct items is cheaper to re-list incrementally than to fetch item by item.
 ITEMS_BEFORE_PROJECT_PASS = 50
 _MARK_CHUNK = 500  # well under SQLite's limit on bound parameters
 
 
-@dataclass(frozen=True)
-class InboxEvent:
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """A stored webhook event no committed run has covered yet, as the scheduler reads it back: its row id
+    (to mark it processed) and what it names. The event as the webhook hands it in is inbox.InboxEvent."""
+
     id: int
-    project_id: int | None
-    kind: str | None  # issue | merge_request | project | None (nothing to fetch)
-    iid: int | None
+    item: ItemRef  # kind None: nothing to fetch
 
 
 _UNPROCESSED = "FROM webhook_events WHERE processed_at IS NULL"  # pending: no committed run covered it yet
@@ -41,11 +42,11 @@ _PENDING = (
 )
 
 
-async def pending_rows(db: Database) -> list[InboxEvent]:
+async def pending_rows(db: Database) -> list[PendingEvent]:
     """Every event no committed run has covered yet, oldest first; one about a project the mirror does
     not hold has no kind (docs/webhooks.md)."""
     rows = await db.fetchall(_PENDING)
-    return [InboxEvent(r[0], r[1], r[2], r[3]) for r in rows]
+    return [PendingEvent(r[0], ItemRef(r[1], r[2], r[3])) for r in rows]
 
 
 async def has_pending(db: Database) -> bool:
@@ -77,26 +78,26 @@ async def purge_processed(conn: Any, before: float) -> int:
     return int(cur.rowcount or 0)
 
 
-def targets_for(events: Iterable[InboxEvent], *, items_per_project: int = ITEMS_BEFORE_PROJECT_PASS
-                ) -> tuple[Target, ...]:
+def targets_for(events: Iterable[PendingEvent], *, items_per_project: int = ITEMS_BEFORE_PROJECT_PASS
+                ) -> tuple[ItemRef, ...]:
     """The targets a webhook run fetches: named items, then incremental passes over whole projects.
 
     Events with no project or no kind name nothing to fetch and give no target. An issue or MR event
     without an iid becomes a pass over its project, and so does a project with more than
     `items_per_project` distinct items.
     """
-    items: dict[int, dict[Target, None]] = {}
+    items: dict[int, dict[ItemRef, None]] = {}
     passes: dict[int, None] = {}
     for event in events:
-        if event.project_id is None or event.kind not in ("issue", "merge_request", "project"):
+        ref = event.item
+        if ref.project_id is None or ref.kind not in ("issue", "merge_request", "project"):
             continue
-        if event.kind == "project" or event.iid is None:
-            passes[event.project_id] = None
+        if ref.kind == "project" or ref.iid is None:
+            passes[ref.project_id] = None
         else:
-            target = Target(event.project_id, event.kind, event.iid)  # type: ignore[arg-type]
-            items.setdefault(event.project_id, {})[target] = None
+            items.setdefault(ref.project_id, {})[ref] = None
     for project_id, named in items.items():
         if len(named) > items_per_project:
             passes[project_id] = None
     kept = [t for named in items.values() if len(named) <= items_per_project for t in named]
-    return (*kept, *(Target(project_id, "project") for project_id in passes))
+    return (*kept, *(ItemRef(project_id, "project") for project_id in passes))

@@ -448,7 +448,7 @@ class Scheduler:
         except (SyncError, OSError) as error:  # a failed check must not stop the scheduler
             logger.warning("scheduler: the check after the pass failed: %s", error)
 
-    def _request_for(self, due: tuple[str, ...], taken: _Wants, events: list[inbox.InboxEvent]
+    def _request_for(self, due: tuple[str, ...], taken: _Wants, events: list[inbox.PendingEvent]
                      ) -> SyncRequest | None:
         """A webhook-only run is targeted; with any other trigger due, one incremental pass covers all."""
         profile = taken.profile or self._config.sync.profile
@@ -486,7 +486,7 @@ class Scheduler:
         self._last_pass = await last_incremental_success(self._db)
         await self._read_reconcile_state()
 
-    async def _settle_without_run(self, events: list[inbox.InboxEvent]) -> None:
+    async def _settle_without_run(self, events: list[inbox.PendingEvent]) -> None:
         """Events that name nothing to fetch are done as soon as they are seen: no GitLab request."""
         if events:
             async with self._db.transaction() as conn:

@@ -9,7 +9,6 @@ decides what to announce.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
@@ -18,7 +17,7 @@ import orjson
 from sync.clock import normalize_time, parse_time
 from sync.read.queries import item_fragment
 from sync.store.db import Database
-from sync.types import Kind
+from sync.types import ItemRef, Kind
 
 TABLE: dict[str, str] = {"issue": "issues", "merge_request": "merge_requests"}
 
@@ -191,15 +190,6 @@ async def delete_item(conn: aiosqlite.Connection, project_id: int, kind: Kind, i
 
 
 # -- throttled touch: discussions fetched again once GitLab's touch window has closed ------------------
-
-
-@dataclass(frozen=True)
-class ItemRef:
-    """One issue or MR of the mirror."""
-
-    project_id: int
-    kind: Kind
-    iid: int
 
 
 async def record_discussions_fetch(

@@ -22,7 +22,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from sync.clock import Clock, normalize_time
 from sync.config import EmbeddingsConfig
@@ -32,12 +32,11 @@ from sync.ingest import mirror
 from sync.ingest.documents import refresh_documents
 from sync.ingest.embeddings import SKIPPED as EMBEDDINGS_SKIPPED
 from sync.ingest.embeddings import EmbeddingClient, refresh_embeddings
-from sync.ingest.mirror import TABLE, ItemRef, Kind
+from sync.ingest.mirror import TABLE
 from sync.ingest.workitems import sync_work_item_status
 from sync.store.db import Database
-from sync.types import Progress
+from sync.types import ItemRef, Kind, Progress
 
-TargetKind = Literal["issue", "merge_request", "project"]
 MAX_REWALKS = 3
 KINDS: tuple[Kind, ...] = ("issue", "merge_request")
 # GitLab's largest page; a reconcile lists each project and kind in ceil(items / 100) requests.
@@ -52,21 +51,14 @@ class DataChanged(Protocol):
 
 
 @dataclass(frozen=True)
-class Target:
-    """One thing a webhook named: an item, or a whole project for an incremental pass."""
-
-    project_id: int
-    kind: TargetKind
-    iid: int | None = None
-
-
-@dataclass(frozen=True)
 class SyncRequest:
     trigger: str = "manual"
     profile: str = "balanced"
     projects: tuple[str, ...] | None = None  # restrict to these configured projects (path or id)
     full: bool = False  # ignore cursors and re-list everything
-    targets: tuple[Target, ...] = ()  # non-empty: a targeted run
+    # non-empty: a targeted run over these items (kind issue/merge_request, an iid) and whole projects
+    # (kind "project": an incremental pass)
+    targets: tuple[ItemRef, ...] = ()
     reconcile: bool = False  # also list every iid and delete what GitLab no longer has
 
 
@@ -337,11 +329,11 @@ class Pipeline:
 
     # -- targeted runs ----------------------------------------------------------------------------
 
-    async def _run_targets(self, projects: list[int], targets: Iterable[Target]) -> None:
+    async def _run_targets(self, projects: list[int], targets: Iterable[ItemRef]) -> None:
         covered = set(projects)
         wanted = [t for t in dict.fromkeys(targets) if t.project_id in covered]
         passes = [t for t in wanted if t.kind == "project"]
-        items = [t for t in wanted if t.kind != "project" and t.iid is not None]
+        items = [t for t in wanted if t.kind in KINDS and t.iid is not None]
         await self._stage("targets")
         self._total = len(items)
         await gather(self._sync_item(t) for t in items)
@@ -349,24 +341,24 @@ class Pipeline:
             for kind in KINDS:
                 await self._sync_listing(target.project_id, kind, full=False)
 
-    async def _sync_item(self, target: Target) -> None:
-        kind: Kind = "issue" if target.kind == "issue" else "merge_request"
-        ref = ItemRef(target.project_id, kind, int(target.iid or 0))
-        path = f"/projects/{target.project_id}/{TABLE[kind]}/{target.iid}"
+    async def _sync_item(self, ref: ItemRef) -> None:
+        """Fetch one named item (kind issue or merge_request, with an iid) and its details."""
+        project_id, kind = cast(int, ref.project_id), cast(Kind, ref.kind)  # _run_targets kept only these
+        path = f"/projects/{project_id}/{TABLE[kind]}/{ref.iid}"
         try:
             item = await self._for_item(ref, self._client.get(path))
-            details = await self._fetch_details(target.project_id, kind, item["iid"])
+            details = await self._fetch_details(project_id, kind, item["iid"])
         except ItemGone:
             await self._forget(ref)
         else:
             async with self._db.transaction() as conn:
-                changed = await self._differs(conn, target.project_id, kind, item, details.discussions)
+                changed = await self._differs(conn, project_id, kind, item, details.discussions)
                 if changed:
-                    await self._write_items(conn, target.project_id, kind, [item], [details])
+                    await self._write_items(conn, project_id, kind, [item], [details])
                 else:
                     await self._remember_fetch(conn, ref, item["updated_at"], details)
             if changed:
-                self._data_changed(target.project_id, kind, [item["iid"]])
+                self._data_changed(project_id, kind, [item["iid"]])
         self._done += 1
         await self._progress("targets", self._done, self._total)
 
