@@ -32,6 +32,7 @@ from sync.gitlab.client import GitLabClient
 from sync.ingest import mirror
 from sync.ingest.pipeline import KINDS, SyncRequest, gather
 from sync.store.db import Database
+from sync.types import TABLES
 
 GHOST_IID = 1_000_000  # mirror-only items get iids from here: GitLab "deleted" them
 
@@ -56,14 +57,14 @@ async def fill_mirror(db: Database, client: GitLabClient, projects: list[str], g
             await mirror.upsert_project(conn, project, time.time())
         for kind in KINDS:
             rows: list[dict] = []
-            async for page in client.pages(f"/projects/{project['id']}/{mirror.TABLE[kind]}",
+            async for page in client.pages(f"/projects/{project['id']}/{TABLES[kind]}",
                                            client.list_params(None)):
                 rows += page
             extra = [{**rows[n], "iid": GHOST_IID + n, "id": GHOST_IID * 10 + n} for n in range(ghosts)]
             async with db.transaction() as conn:
                 await mirror.upsert_items(conn, kind, project["id"], rows + extra)
                 newest = max(normalize_time(r["updated_at"]) for r in rows)
-                await mirror.set_cursor(conn, project["id"], mirror.TABLE[kind], newest)
+                await mirror.set_cursor(conn, project["id"], TABLES[kind], newest)
     return ids
 
 
@@ -86,7 +87,7 @@ async def ask_each_item(db: Database, client: GitLabClient, project_ids: list[in
     async def probe(pid: int, kind: str, iid: int) -> None:
         nonlocal missing
         try:
-            await client.get(f"/projects/{pid}/{mirror.TABLE[kind]}/{iid}")
+            await client.get(f"/projects/{pid}/{TABLES[kind]}/{iid}")
         except PermanentError:  # a 404: never retried, an answer here
             missing += 1
 

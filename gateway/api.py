@@ -21,6 +21,8 @@ from gateway.cache import cache_ctx, conditional_json
 from gateway.http import ApiError, bad_parameter
 from gateway.keys import DB, SIGNING_KEYS
 from sync import (
+    MAX_ID,
+    TABLES,
     CursorCodec,
     InvalidCursor,
     InvalidFilter,
@@ -29,6 +31,12 @@ from sync import (
     Kind,
     ThreadKey,
     VersionKey,
+    parse_author,
+    parse_labels,
+    parse_rfc3339,
+    parse_state,
+    parse_status,
+    project_key_from_json,
     queries,
 )
 
@@ -71,12 +79,12 @@ def _paging(query: Mapping[str, str]) -> Paging:
 
 def _filters(kind: Kind, query: Mapping[str, str]) -> ItemFilters:
     try:
-        state = queries.parse_state(kind, query["state"]) if "state" in query else "all"
-        labels = queries.parse_labels(query["labels"]) if "labels" in query else ()
-        author = queries.parse_author(query["author"]) if "author" in query else None
+        state = parse_state(kind, query["state"]) if "state" in query else "all"
+        labels = parse_labels(query["labels"]) if "labels" in query else ()
+        author = parse_author(query["author"]) if "author" in query else None
         after = query.get("updated_after")
-        updated_after = queries.parse_rfc3339("updated_after", after) if after is not None else None
-        status = queries.parse_status(query["status"]) if kind == "issue" and "status" in query else None
+        updated_after = parse_rfc3339("updated_after", after) if after is not None else None
+        status = parse_status(query["status"]) if kind == "issue" and "status" in query else None
     except InvalidFilter as err:
         raise bad_parameter(err.parameter, err.message) from None
     return ItemFilters(state, labels, author, updated_after, status)
@@ -85,7 +93,7 @@ def _filters(kind: Kind, query: Mapping[str, str]) -> ItemFilters:
 def _path_id(request: web.Request, name: str, what: str) -> int:
     """A positive integer from the path; anything else names nothing here: 404."""
     text = request.match_info[name]
-    if text.isascii() and text.isdigit() and len(text) <= 19 and 1 <= int(text) <= queries.MAX_ID:
+    if text.isascii() and text.isdigit() and len(text) <= 19 and 1 <= int(text) <= MAX_ID:
         return int(text)
     raise ApiError(404, "not_found", f"no {what} {text!r}: ids are positive integers")
 
@@ -137,7 +145,7 @@ def _list_body(request: web.Request, page: queries.Page | queries.RawPage, finge
 async def list_projects(request: web.Request) -> web.Response:
     paging = _paging(request.query)
     path = "/projects"
-    after = _after(request, paging, path, queries.project_key_from_json)
+    after = _after(request, paging, path, project_key_from_json)
     db = request.app[DB]
 
     async def render() -> bytes:
@@ -183,11 +191,11 @@ def _item_list(request: web.Request, kind: Kind) -> _ItemList:
     project_id = _path_id(request, "id", "project")
     filters = _filters(kind, request.query)
     paging = _paging(request.query)
-    path = f"/projects/{project_id}/{queries.TABLES[kind]}"
+    path = f"/projects/{project_id}/{TABLES[kind]}"
     fingerprint = f"{path}?{filters.canonical()}"
     after = _after(request, paging, fingerprint, ItemKey.from_json)
     return _ItemList(project_id, filters, paging, path, fingerprint, after,
-                     f"{paging.canonical()}&{filters.canonical()}", ((project_id, queries.TABLES[kind]),))
+                     f"{paging.canonical()}&{filters.canonical()}", ((project_id, TABLES[kind]),))
 
 
 async def _list_items(request: web.Request, kind: Kind) -> web.Response:
@@ -217,8 +225,8 @@ async def _get_item(request: web.Request, kind: Kind) -> web.Response:
             raise _not_found(kind.replace("_", " "))
         return item
 
-    return await conditional_json(request, path=f"/projects/{project_id}/{queries.TABLES[kind]}/{iid}",
-                                  query="", depends_on=[(project_id, queries.TABLES[kind])], render=render)
+    return await conditional_json(request, path=f"/projects/{project_id}/{TABLES[kind]}/{iid}",
+                                  query="", depends_on=[(project_id, TABLES[kind])], render=render)
 
 
 async def _discussions(request: web.Request, kind: Kind) -> web.Response:
@@ -226,7 +234,7 @@ async def _discussions(request: web.Request, kind: Kind) -> web.Response:
     project_id = _path_id(request, "id", "project")
     iid = _path_id(request, "iid", kind.replace("_", " "))
     paging = _paging(request.query)
-    path = f"/projects/{project_id}/{queries.TABLES[kind]}/{iid}/discussions"
+    path = f"/projects/{project_id}/{TABLES[kind]}/{iid}/discussions"
     after = _after(request, paging, path, ThreadKey.from_json)
     db = request.app[DB]
 
@@ -237,7 +245,7 @@ async def _discussions(request: web.Request, kind: Kind) -> web.Response:
         return _list_body(request, page, path)
 
     # The item's existence is part of the answer too (a 404 once it is gone).
-    depends_on = [(project_id, queries.TABLES[kind]), (project_id, "discussions")]
+    depends_on = [(project_id, TABLES[kind]), (project_id, "discussions")]
     return await conditional_json(request, path=path, query=paging.canonical(),
                                   depends_on=depends_on, render=render)
 

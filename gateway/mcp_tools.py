@@ -17,7 +17,11 @@ import orjson
 
 from sync import KINDS as SEARCH_KINDS
 from sync import (
+    MAX_ID,
+    MAX_TEXT,
     RANK_WINDOW,
+    STATES,
+    TABLES,
     Clock,
     Config,
     CursorCodec,
@@ -31,6 +35,12 @@ from sync import (
     ThreadKey,
     changes,
     find_experts,
+    parse_author,
+    parse_labels,
+    parse_rfc3339,
+    parse_state,
+    parse_status,
+    project_key_from_json,
     queries,
     resolve_project,
     search,
@@ -95,7 +105,7 @@ class ToolSpec:
 # -- arguments --------------------------------------------------------------------------------------
 
 
-def _optional_text(args: Mapping[str, Any], name: str, max_chars: int = queries.MAX_TEXT) -> str | None:
+def _optional_text(args: Mapping[str, Any], name: str, max_chars: int = MAX_TEXT) -> str | None:
     value = args.get(name)
     if value is None:
         return None
@@ -106,7 +116,7 @@ def _optional_text(args: Mapping[str, Any], name: str, max_chars: int = queries.
     return value.strip()
 
 
-def _text(args: Mapping[str, Any], name: str, max_chars: int = queries.MAX_TEXT) -> str:
+def _text(args: Mapping[str, Any], name: str, max_chars: int = MAX_TEXT) -> str:
     value = _optional_text(args, name, max_chars)
     if value is None:
         raise ToolArgumentError(name, "is required")
@@ -137,12 +147,12 @@ def _labels(args: Mapping[str, Any]) -> tuple[str, ...]:
         value = ",".join(value)
     if not isinstance(value, str):
         raise ToolArgumentError("labels", "must be a list of label names or a comma-separated string")
-    return queries.parse_labels(value)
+    return parse_labels(value)
 
 
 def _filters(kind: Kind, args: Mapping[str, Any]) -> ItemFilters:
     try:
-        state = queries.parse_state(kind, _choice(args, "state", queries.STATES[kind]) or "all")
+        state = parse_state(kind, _choice(args, "state", STATES[kind]) or "all")
         author = args.get("author")
         updated_after = args.get("updated_after")
         status = args.get("status") if kind == "issue" else None
@@ -152,9 +162,9 @@ def _filters(kind: Kind, args: Mapping[str, Any]) -> ItemFilters:
         return ItemFilters(
             state,
             _labels(args),
-            queries.parse_author(author) if author is not None else None,
-            queries.parse_rfc3339("updated_after", updated_after) if updated_after is not None else None,
-            queries.parse_status(status) if status is not None else None,
+            parse_author(author) if author is not None else None,
+            parse_rfc3339("updated_after", updated_after) if updated_after is not None else None,
+            parse_status(status) if status is not None else None,
         )
     except InvalidFilter as err:
         raise ToolArgumentError(err.parameter, err.message) from None
@@ -165,9 +175,9 @@ async def _project(mirror: Mirror, args: Mapping[str, Any]) -> int:
     value = args.get("project")
     if value is None:
         raise ToolArgumentError("project", "is required: a project id or path such as group/project")
-    if type(value) is int and 1 <= value <= queries.MAX_ID:
+    if type(value) is int and 1 <= value <= MAX_ID:
         ref = str(value)
-    elif isinstance(value, str) and value.strip() and len(value) <= queries.MAX_TEXT:
+    elif isinstance(value, str) and value.strip() and len(value) <= MAX_TEXT:
         ref = value
     else:
         raise ToolArgumentError("project", "must be a project id (a positive integer) or a path such as group/project")
@@ -276,7 +286,7 @@ async def _list(mirror: Mirror, fingerprint: str, page: queries.Page | queries.R
 async def list_projects_tool(mirror: Mirror, args: Mapping[str, Any]) -> JSON:
     fingerprint = "/projects"  # the REST list's: a cursor from either continues the other
     key = _cursor(mirror, args, fingerprint)
-    after = _decoded(queries.project_key_from_json, key)
+    after = _decoded(project_key_from_json, key)
     limit = _integer(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     page = await queries.list_projects(mirror.db, after, limit)
     return await _list(mirror, fingerprint, page, lambda p: [p["id"]], "projects")
@@ -295,10 +305,10 @@ async def _list_items(mirror: Mirror, kind: Kind, args: Mapping[str, Any]) -> JS
     project_id = await _project(mirror, args)
     filters = _filters(kind, args)
     limit = _integer(args, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    fingerprint = f"/projects/{project_id}/{queries.TABLES[kind]}?{filters.canonical()}"
+    fingerprint = f"/projects/{project_id}/{TABLES[kind]}?{filters.canonical()}"
     after = _decoded(ItemKey.from_json, _cursor(mirror, args, fingerprint))
     page = await queries.list_items(mirror.db, kind, project_id, filters, after, limit)
-    return await _list(mirror, fingerprint, page, lambda i: [i["updated_at"], i["iid"]], queries.TABLES[kind])
+    return await _list(mirror, fingerprint, page, lambda i: [i["updated_at"], i["iid"]], TABLES[kind])
 
 
 async def list_issues_tool(mirror: Mirror, args: Mapping[str, Any]) -> JSON:
@@ -396,7 +406,7 @@ class _Page:
 
 async def _get_item(mirror: Mirror, kind: Kind, args: Mapping[str, Any]) -> JSON:
     project_id = await _project(mirror, args)
-    iid = _integer(args, "iid", None, 1, queries.MAX_ID)
+    iid = _integer(args, "iid", None, 1, MAX_ID)
     fingerprint = f"mcp:get:{kind}:{project_id}:{iid}"
     key = _cursor(mirror, args, fingerprint)
     raw = await queries.get_item(mirror.db, kind, project_id, iid)
@@ -553,7 +563,7 @@ def _schema(properties: JSON, required: tuple[str, ...] = ()) -> JSON:
 def _list_schema(kind: Kind) -> JSON:
     properties: JSON = {
         "project": _PROJECT,
-        "state": {"type": "string", "enum": list(queries.STATES[kind]), "default": "all"},
+        "state": {"type": "string", "enum": list(STATES[kind]), "default": "all"},
         "labels": {"type": "array", "items": {"type": "string"}, "description": "All must be on the item."},
         "author": {"type": "string", "description": "Author username."},
         "updated_after": {"type": "string", "format": "date-time"},

@@ -4,7 +4,8 @@ The engine keeps a local SQLite mirror of GitLab fresh; its subpackages name the
 (store, gitlab, ingest, control, read, scaleout; docs/architecture.md). Below this line the modules are
 private to the engine: `gateway` imports from `sync` only, and `sync` never imports `gateway` or
 `aiohttp.web` (both enforced by tests/test_architecture.py). `queries` and `changes` are exported as
-namespaces: the read model's functions are called qualified (`queries.list_items`).
+namespaces: the read model's functions are called qualified (`queries.list_items`); the parameters they
+take (filters, cursors) are exported by name.
 """
 
 from sync.clock import Clock, SystemClock, utc_iso
@@ -86,16 +87,20 @@ from sync.read.changes import (
     InvalidChangeCursor,
     read_changes,
 )
+from sync.read.cursors import CursorCodec, InvalidCursor, ItemKey, ThreadKey, project_key_from_json
 from sync.read.experts import Expert, find_experts, mirrored_projects, resolve_project
-from sync.read.queries import (
-    CursorCodec,
-    InvalidCursor,
+from sync.read.filters import (
+    MAX_TEXT,
+    STATES,
     InvalidFilter,
     ItemFilters,
-    ItemKey,
-    ThreadKey,
-    project_exists,
+    parse_author,
+    parse_labels,
+    parse_rfc3339,
+    parse_state,
+    parse_status,
 )
+from sync.read.queries import project_exists
 from sync.read.search import (
     KINDS,
     MARK_CLOSE,
@@ -113,7 +118,7 @@ from sync.store.db import Database, migrate
 from sync.store.migrations import MigrationError
 from sync.store.mounts import refuse_network_data_dir
 from sync.store.versions import DataVersions, VersionKey
-from sync.types import MAX_ID, ItemRef, Kind, Progress
+from sync.types import MAX_ID, TABLES, ItemRef, Kind, Progress
 
 __all__ = [
     "CONFIG_ENV",
@@ -126,11 +131,14 @@ __all__ = [
     "MARK_OPEN",
     "MAX_ID",
     "MAX_LIMIT",
+    "MAX_TEXT",
     "MIN_SECRET_BYTES",
     "OK",
     "PROFILES",
     "RANK_WINDOW",
+    "STATES",
     "SYNC_DISABLED",
+    "TABLES",
     "Accepted",
     "BackupError",
     "CatalogEvent",
@@ -212,9 +220,15 @@ __all__ = [
     "migrate",
     "mirrored_projects",
     "new_owner",
+    "parse_author",
     "parse_duration",
+    "parse_labels",
+    "parse_rfc3339",
+    "parse_state",
+    "parse_status",
     "pending_rows",
     "project_exists",
+    "project_key_from_json",
     "project_paths",
     "queries",
     "read_changes",

@@ -1,5 +1,5 @@
-"""Small types shared across the engine, declared once: what kind of item, which item an event names,
-how far a stage is, the id range.
+"""Small types shared across the engine, declared once: what kind of item and its table, which item an
+event names, how far a stage is, the id range.
 
 Kept apart from any step of the flow (as Starlette keeps `types.py`), so the write side and the read side
 both use them without importing each other.
@@ -15,6 +15,9 @@ Kind = Literal["issue", "merge_request"]
 # A stage reports (stage name, done, total); the runner turns it into `sync.progress` events.
 Progress = Callable[[str, int, int], Awaitable[None]]
 MAX_ID = 2**63 - 1  # SQLite's INTEGER range: a larger id names no row
+# Each kind's mirror table, which is also its GitLab REST resource (/projects/:id/issues) and the name its
+# data version, cursor and counts go by.
+TABLES: dict[str, str] = {"issue": "issues", "merge_request": "merge_requests"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,10 +7,11 @@ from sync.control.runner import SyncRunner
 from sync.events import EventBus
 from sync.ingest.pipeline import SyncRequest
 from sync.read import queries
+from sync.read.filters import ItemFilters
 
 
 async def page(db, kind):
-    result = await queries.list_items(db, kind, 1001, queries.ItemFilters(), None, 100)
+    result = await queries.list_items(db, kind, 1001, ItemFilters(), None, 100)
     return [orjson.loads(item) for item in result.items]
 
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from sync.store.db import Database
+from sync.types import TABLES
 
 BATCH = 500
 
@@ -46,14 +47,8 @@ DELETE FROM documents WHERE
 
 
 def _stale_query() -> str:
-    parts = [
-        _STALE_ITEMS.format(kind=k, table=t)
-        for k, t in (("issue", "issues"), ("merge_request", "merge_requests"))
-    ]
-    parts += [
-        _STALE_NOTES.format(kind=k, table=t)
-        for k, t in (("issue", "issues"), ("merge_request", "merge_requests"))
-    ]
+    parts = [_STALE_ITEMS.format(kind=k, table=t) for k, t in TABLES.items()]
+    parts += [_STALE_NOTES.format(kind=k, table=t) for k, t in TABLES.items()]
     return " UNION ALL ".join(parts)
 
 

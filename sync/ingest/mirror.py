@@ -15,11 +15,9 @@ import aiosqlite
 import orjson
 
 from sync.clock import normalize_time, parse_time
-from sync.read.queries import item_fragment
+from sync.shape import item_fragment
 from sync.store.db import Database
-from sync.types import ItemRef, Kind
-
-TABLE: dict[str, str] = {"issue": "issues", "merge_request": "merge_requests"}
+from sync.types import TABLES, ItemRef, Kind
 
 
 def _username(user: Any) -> str | None:
@@ -168,7 +166,7 @@ async def delete_item(conn: aiosqlite.Connection, project_id: int, kind: Kind, i
     The one way an item leaves the mirror (webhook-less deletions, 404/403s, reconcile), so everything
     that reacts to a deletion (search, the change feed's triggers) sees it in this one transaction.
     """
-    cur = await conn.execute(f"DELETE FROM {TABLE[kind]} WHERE project_id = ? AND iid = ?", (project_id, iid))
+    cur = await conn.execute(f"DELETE FROM {TABLES[kind]} WHERE project_id = ? AND iid = ?", (project_id, iid))
     await conn.execute(
         "DELETE FROM notes WHERE project_id = ? AND noteable_kind = ? AND noteable_iid = ?",
         (project_id, kind, iid),
@@ -231,7 +229,7 @@ async def due_rechecks(
 
 
 async def stored_iids(conn: aiosqlite.Connection, project_id: int, kind: Kind) -> set[int]:
-    rows = await conn.execute_fetchall(f"SELECT iid FROM {TABLE[kind]} WHERE project_id = ?", (project_id,))
+    rows = await conn.execute_fetchall(f"SELECT iid FROM {TABLES[kind]} WHERE project_id = ?", (project_id,))
     return {r[0] for r in rows}
 
 

@@ -32,10 +32,9 @@ from sync.ingest import mirror
 from sync.ingest.documents import refresh_documents
 from sync.ingest.embeddings import SKIPPED as EMBEDDINGS_SKIPPED
 from sync.ingest.embeddings import EmbeddingClient, refresh_embeddings
-from sync.ingest.mirror import TABLE
 from sync.ingest.workitems import sync_work_item_status
 from sync.store.db import Database
-from sync.types import ItemRef, Kind, Progress
+from sync.types import TABLES, ItemRef, Kind, Progress
 
 MAX_REWALKS = 3
 KINDS: tuple[Kind, ...] = ("issue", "merge_request")
@@ -116,7 +115,7 @@ class Pipeline:
         else:
             started, first_time = self._clock.now(), await self._unmirrored(projects)
             for kind in KINDS:
-                await self._stage(TABLE[kind])
+                await self._stage(TABLES[kind])
                 await gather(self._sync_listing(pid, kind, request.full) for pid in projects)
             await self._mark_reconciled(first_time, started)
             await self._recheck_discussions(projects)
@@ -190,7 +189,7 @@ class Pipeline:
     # -- incremental listings ---------------------------------------------------------------------
 
     async def _sync_listing(self, project_id: int, kind: Kind, full: bool) -> None:
-        resource = TABLE[kind]
+        resource = TABLES[kind]
         cursor = None
         if not full:
             async with self._db.transaction() as conn:
@@ -207,7 +206,7 @@ class Pipeline:
         """Walk one listing; return where to walk again from if items shifted under it."""
         first_seen: dict[int, str] = {}
         rewind: str | None = None
-        path = f"/projects/{project_id}/{TABLE[kind]}"
+        path = f"/projects/{project_id}/{TABLES[kind]}"
         pages = self._client.pages(path, self._client.list_params(updated_after), on_total=self._add_total)
         async for page in pages:
             for item in page:
@@ -216,7 +215,7 @@ class Pipeline:
                     rewind = min(rewind or seen, seen)
             await self._commit_page(project_id, kind, page)
             self._done += len(page)
-            await self._progress(TABLE[kind], self._done, max(self._total, self._done))
+            await self._progress(TABLES[kind], self._done, max(self._total, self._done))
         return rewind
 
     def _add_total(self, total: int) -> None:
@@ -232,18 +231,18 @@ class Pipeline:
         vanished = [it["iid"] for it, d in zip(changed, fetched, strict=True) if d is None]
         newest = max(normalize_time(it["updated_at"]) for it in page)
         async with self._db.transaction() as conn:
-            cursor = await mirror.get_cursor(conn, project_id, TABLE[kind])
+            cursor = await mirror.get_cursor(conn, project_id, TABLES[kind])
             if kept:
                 await self._write_items(conn, project_id, kind, [it for it, _ in kept], [d for _, d in kept])
             deleted = await self._delete(conn, project_id, kind, vanished)
             if cursor is None or newest > cursor:
-                await mirror.set_cursor(conn, project_id, TABLE[kind], newest)
+                await mirror.set_cursor(conn, project_id, TABLES[kind], newest)
         self._announce(project_id, kind, [it["iid"] for it, _ in kept], deleted)
 
     async def _stored(self, project_id: int, kind: Kind, iids: list[int]) -> dict[int, str]:
         marks = ",".join("?" * len(iids))
         rows = await self._db.fetchall(
-            f"SELECT iid, updated_at FROM {TABLE[kind]} WHERE project_id = ? AND iid IN ({marks})",
+            f"SELECT iid, updated_at FROM {TABLES[kind]} WHERE project_id = ? AND iid IN ({marks})",
             (project_id, *iids),
         )
         return {r[0]: r[1] for r in rows}
@@ -253,7 +252,7 @@ class Pipeline:
     async def _fetch_details(self, project_id: int, kind: Kind, iid: int) -> _Details:
         """Discussions (and an MR's diffs); raises ItemGone when GitLab says the item is not there."""
         ref = ItemRef(project_id, kind, iid)
-        base = f"/projects/{project_id}/{TABLE[kind]}/{iid}"
+        base = f"/projects/{project_id}/{TABLES[kind]}/{iid}"
         fetched_at = self._clock.now()  # before the request: a note written during it is not "seen"
         if kind == "merge_request":
             discussions, diffs = await gather(
@@ -289,8 +288,8 @@ class Pipeline:
                     conn, project_id, item["iid"], detail.diffs
                 )
             await self._remember_fetch(conn, ItemRef(project_id, kind, item["iid"]), item["updated_at"], detail)
-        self.counts[TABLE[kind]] += len(items)
-        await mirror.bump_versions(conn, project_id, [TABLE[kind], "discussions"])
+        self.counts[TABLES[kind]] += len(items)
+        await mirror.bump_versions(conn, project_id, [TABLES[kind], "discussions"])
 
     async def _remember_fetch(self, conn: Any, ref: ItemRef, updated_at: str, detail: _Details) -> None:
         await mirror.record_discussions_fetch(conn, ref, updated_at, detail.fetched_at, self._touch_interval)
@@ -319,7 +318,7 @@ class Pipeline:
         """Delete these items (inside the caller's transaction); the iids that were in the mirror."""
         deleted = [iid for iid in iids if await mirror.delete_item(conn, project_id, kind, iid)]
         if deleted:
-            await mirror.bump_versions(conn, project_id, [TABLE[kind], "discussions"])
+            await mirror.bump_versions(conn, project_id, [TABLES[kind], "discussions"])
             self.counts["deleted"] += len(deleted)
         return deleted
 
@@ -344,7 +343,7 @@ class Pipeline:
     async def _sync_item(self, ref: ItemRef) -> None:
         """Fetch one named item (kind issue or merge_request, with an iid) and its details."""
         project_id, kind = cast(int, ref.project_id), cast(Kind, ref.kind)  # _run_targets kept only these
-        path = f"/projects/{project_id}/{TABLE[kind]}/{ref.iid}"
+        path = f"/projects/{project_id}/{TABLES[kind]}/{ref.iid}"
         try:
             item = await self._for_item(ref, self._client.get(path))
             details = await self._fetch_details(project_id, kind, item["iid"])
@@ -365,7 +364,7 @@ class Pipeline:
     async def _differs(self, conn: Any, project_id: int, kind: Kind, item: dict, discussions: list) -> bool:
         """Whether a refetched item or its notes differ from the mirror (an unchanged one is not rewritten)."""
         rows = await conn.execute_fetchall(
-            f"SELECT updated_at FROM {TABLE[kind]} WHERE project_id = ? AND iid = ?",
+            f"SELECT updated_at FROM {TABLES[kind]} WHERE project_id = ? AND iid = ?",
             (project_id, item["iid"]),
         )
         if not rows or rows[0][0] != normalize_time(item["updated_at"]):
@@ -396,7 +395,7 @@ class Pipeline:
         await gather(self._recheck(ref) for ref in due)
 
     async def _recheck(self, ref: ItemRef) -> None:
-        path = f"/projects/{ref.project_id}/{TABLE[ref.kind]}/{ref.iid}/discussions"
+        path = f"/projects/{ref.project_id}/{TABLES[ref.kind]}/{ref.iid}/discussions"
         fetched_at = self._clock.now()
         try:
             discussions = await self._for_item(ref, self._client.get_all(path))
@@ -412,7 +411,7 @@ class Pipeline:
         """Write the discussions if they differ from the mirror's; whether they did."""
         async with self._db.transaction() as conn:
             rows = await conn.execute_fetchall(
-                f"SELECT updated_at FROM {TABLE[ref.kind]} WHERE project_id = ? AND iid = ?",
+                f"SELECT updated_at FROM {TABLES[ref.kind]} WHERE project_id = ? AND iid = ?",
                 (ref.project_id, ref.iid),
             )
             if not rows:
@@ -471,7 +470,7 @@ class Pipeline:
         if kind == "merge_request":
             params["view"] = "simple"  # the MR list's slim form: iid, title, state and a few more
         listed: set[int] = set()
-        path = f"/projects/{project_id}/{TABLE[kind]}"
+        path = f"/projects/{project_id}/{TABLES[kind]}"
         async for page in self._client.pages(path, params, on_total=self._add_total):
             listed.update(int(item["iid"]) for item in page)
             self._done += len(page)
@@ -485,7 +484,7 @@ class Pipeline:
         deletion can slip past a page boundary unseen; asking again (100 iids a request) keeps a
         concurrent deletion from taking a live item with it.
         """
-        path = f"/projects/{project_id}/{TABLE[kind]}"
+        path = f"/projects/{project_id}/{TABLES[kind]}"
         gone: list[int] = []
         for start in range(0, len(missing), PAGE):
             chunk = missing[start : start + PAGE]
