@@ -10,7 +10,7 @@ import pytest
 from gateway.simulator.gitlab import GitLabSimulator
 from gateway.simulator.profiles import DEFAULT_PROFILE
 from sync.clock import FakeClock
-from sync.ingest.workitems import build_query
+from sync.gitlab.workitems_graphql import build_query
 
 TOKEN = {"PRIVATE-TOKEN": "sim-token"}
 

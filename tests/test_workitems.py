@@ -13,8 +13,8 @@ from sync.clock import SystemClock
 from sync.control.runner import SyncRunner
 from sync.control.status import sync_status
 from sync.events import EventBus
+from sync.gitlab.workitems_graphql import BatchSizer
 from sync.ingest.pipeline import SyncRequest
-from sync.ingest.workitems import BatchSizer
 from sync.read.queries import work_item_status_filter_sql
 from sync.store.db import Database
 from tests.conftest import SIM_TOKEN, make_config

@@ -1,107 +1,41 @@
-"""The work-item status stage: each issue's `{"name", "category"}` status, from GitLab's GraphQL API.
+"""The work-item status stage: each issue's `{"name", "category"}` status, mirrored from GitLab.
 
 Only issues whose status was not fetched for their current `updated_at` are asked for (GitLab moves it
-on a status change): all on a first run, the changed ones later, every one on a `full` run. `BatchSizer`
-fits the batch to GitLab's complexity limit and its 30 s timeout.
+on a status change): all on a first run, the changed ones later, every one on a `full` run. An instance
+or project that cannot answer is remembered (a probe) and asked again a day later. The GraphQL side,
+the query, its errors and the batch size GitLab accepts, is sync/gitlab/workitems_graphql.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import aiosqlite
 
 from sync.clock import Clock, utc_iso
-from sync.errors import PermanentError, TransientError
+from sync.errors import TransientError
 from sync.gitlab.client import GitLabClient
+from sync.gitlab.workitems_graphql import (
+    BatchRejected,
+    BatchSizer,
+    ProjectStatusesUnavailable,
+    Status,
+    StatusesUnavailable,
+    StatusQuery,
+)
 from sync.ingest.mirror import bump_versions
 from sync.store.db import Database
 from sync.types import Progress
 
 STAGE = "work_item_status"
-MAX_BATCH = 100  # GitLab's page size limit for a connection
 FEATURE = "work_item_status"
 REPROBE_AFTER = 24 * 3600.0  # an instance found without work items is asked again after this long
 SOLO_FAILURES_LIMIT = 3  # this many items in a row failing alone is the instance's problem, not theirs
 
-_COMPLEXITY = re.compile(r"Query has complexity of \d+, which exceeds max complexity of \d+")
-_UNDEFINED = re.compile(r"doesn't exist on type|No such type|undefinedField|undefinedType|can't be a fragment")
-# GitLab EE 15.x-17.7: WorkItemWidgetStatus exists, but its `status` is the requirement's verification
-# status, a String, so selecting `{ name }` on it fails validation (graphql-ruby's selectionMismatch).
-_SCALAR_STATUS = re.compile(r"Selections can't be made on scalars \(field 'status'")
-
 DataChanged = Callable[[int, str, list[int]], None]
-
-
-def build_query(with_category: bool = True) -> str:
-    """The batch query; without `category` for GitLab before 18.1, which does not know that field."""
-    fields = "name category" if with_category else "name"
-    return (
-        "query workItemStatuses($fullPath: ID!, $iids: [String!], $first: Int) {"
-        " project(fullPath: $fullPath) { workItems(iids: $iids, first: $first) {"
-        f" nodes {{ iid widgets {{ ... on WorkItemWidgetStatus {{ status {{ {fields} }} }} }} }} }} }} }}"
-    )
-
-
-# -- batch sizing ---------------------------------------------------------------------------------
-
-
-class BatchSizer:
-    """How many issues the next request asks for.
-
-    Both rejections halve the size. A complexity error depends on the size alone (GitLab computes it
-    from the query before running it), so the rejected size becomes a ceiling for the run, and a size
-    already accepted is a floor the halving never goes below. A timeout may be load or one slow item,
-    so its size is a ceiling only for the next few successes. Each success grows the size by a quarter
-    (at least one, at most half the way to the ceiling): under a complexity limit it settles on the
-    largest size GitLab accepts.
-    """
-
-    __slots__ = ("_ceiling", "_floor", "_slow", "_slow_left", "maximum", "size")
-
-    SLOW_MEMORY = 8  # successes for which a timed-out size stays off limits
-
-    def __init__(self, maximum: int = MAX_BATCH) -> None:
-        self.maximum = maximum
-        self.size = maximum
-        self._ceiling = maximum + 1  # the smallest size rejected as too complex
-        self._floor = 0  # the largest size accepted
-        self._slow = maximum + 1  # the smallest size that timed out lately
-        self._slow_left = 0
-
-    def too_complex(self, size: int) -> None:
-        self._ceiling = min(self._ceiling, size)
-        if self._floor >= size:
-            self._floor = 0  # the query changed under us; what was accepted before says nothing now
-        self.size = max(1, size // 2, self._floor)
-
-    def timed_out(self, size: int) -> None:
-        self._slow = min(self._slow, size) if self._slow_left else size
-        self._slow_left = self.SLOW_MEMORY
-        self.size = max(1, size // 2)
-
-    def item_failed(self) -> None:
-        """An item failed even alone: the timeouts that led to it were its fault, not the size's."""
-        self._slow, self._slow_left = self.maximum + 1, 0
-        self.size = max(1, self._floor // 2)
-
-    def accepted(self, size: int) -> None:
-        if size < self.size:
-            return  # a short tail batch says nothing about the size
-        self._floor = max(self._floor, size)
-        limit = self._ceiling
-        if self._slow_left:
-            self._slow_left -= 1
-            limit = min(limit, self._slow)
-        step = max(1, size // 4)
-        if limit <= self.maximum:
-            step = min(step, max(1, (limit - size) // 2))
-        self.size = max(1, min(self.maximum, limit - 1, size + step))
 
 
 # -- the stage ------------------------------------------------------------------------------------
@@ -120,31 +54,6 @@ class _Pending:
     project_id: int
     path: str
     items: tuple[tuple[int, str], ...]  # (iid, updated_at) to fetch
-
-
-class _Unavailable(Exception):
-    """GitLab cannot answer this at all (no GraphQL, no workItems, no widget)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _ProjectUnavailable(Exception):
-    """GitLab answers, but not for this project (no status widget there, or the path is unknown)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _Rejected(Exception):
-    """GitLab refused this batch (complexity, timeout, or an error it would not explain per item)."""
-
-    def __init__(self, reason: str, *, complexity: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.complexity = complexity
 
 
 async def sync_work_item_status(
@@ -176,12 +85,11 @@ class _StatusStage:
         data_changed: DataChanged | None,
     ) -> None:
         self._db = db
-        self._client = client
+        self._query = StatusQuery(client)
         self._clock = clock
         self._progress = progress
         self._data_changed = data_changed
         self._sizer = BatchSizer()
-        self._with_category = True
         self._fetched = self._changed = self._done = self._total = 0
         self._solo_streak = 0
         self._skipped: list[str] = []
@@ -197,7 +105,7 @@ class _StatusStage:
         try:
             for project in pending:
                 await self._project(project, refetch_all)
-        except _Unavailable as exc:
+        except StatusesUnavailable as exc:
             await _write_probe(self._db, FEATURE, exc.reason, self._clock.now())
             return self._result(f"{STAGE}: unavailable: {exc.reason}")
         except TransientError as exc:
@@ -258,11 +166,11 @@ class _StatusStage:
         while queue:
             batch = [queue.popleft() for _ in range(min(self._sizer.size, len(queue)))]
             try:
-                statuses = await self._fetch(project.path, [iid for iid, _ in batch])
-            except _Rejected as rejected:
+                statuses = await self._query.fetch(project.path, [iid for iid, _ in batch])
+            except BatchRejected as rejected:
                 await self._rejected(project, batch, rejected, queue)
                 continue
-            except _ProjectUnavailable as exc:
+            except ProjectStatusesUnavailable as exc:
                 await _write_probe(self._db, feature, exc.reason, self._clock.now())
                 self._no_widget.append(f"{project.path} ({exc.reason})")
                 return
@@ -272,7 +180,7 @@ class _StatusStage:
         await _clear_probe(self._db, feature)
 
     async def _rejected(
-        self, project: _Pending, batch: list[tuple[int, str]], rejected: _Rejected, queue: deque
+        self, project: _Pending, batch: list[tuple[int, str]], rejected: BatchRejected, queue: deque
     ) -> None:
         if len(batch) > 1:
             if rejected.complexity:
@@ -284,58 +192,16 @@ class _StatusStage:
         iid, updated_at = batch[0]
         self._solo_streak += 1
         if self._solo_streak >= SOLO_FAILURES_LIMIT:
-            raise _Unavailable(f"{SOLO_FAILURES_LIMIT} issues in a row failed even alone: {rejected.reason}")
+            raise StatusesUnavailable(f"{SOLO_FAILURES_LIMIT} issues in a row failed even alone: {rejected.reason}")
         self._sizer.item_failed()
         self._skipped.append(f"{project.path}#{iid}: {rejected.reason}")
         await self._record_failure(project.project_id, iid, updated_at, rejected.reason)
         await self._advance(1)
 
-    # -- one request --------------------------------------------------------------------------------
-
-    async def _fetch(self, path: str, iids: list[int]) -> dict[int, dict[str, Any] | None]:
-        """Statuses by iid (items GitLab did not return are absent)."""
-        variables = {"fullPath": path, "iids": [str(i) for i in iids], "first": len(iids)}
-        try:
-            answer = await self._client.post_json(
-                "/api/graphql", {"query": build_query(self._with_category), "variables": variables}
-            )
-        except PermanentError as exc:
-            raise _Unavailable(exc.message) from exc
-        except TransientError as exc:
-            if exc.code == "gitlab_query_timeout":
-                raise _Rejected("GitLab timed out on the query") from exc
-            raise
-        if not isinstance(answer, dict):
-            raise _Rejected("the answer is not a JSON object")
-        errors = answer.get("errors")
-        if errors:
-            self._classify(errors)
-            return await self._fetch(path, iids)  # only after dropping `category`
-        return _statuses(answer, path)
-
-    def _classify(self, errors: Any) -> None:
-        """Raise what GraphQL `errors` mean; return only when a retry without `category` may work."""
-        messages = [str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in _as_list(errors)]
-        text = "; ".join(messages) or "GraphQL errors"
-        if any(_COMPLEXITY.search(m) for m in messages):
-            raise _Rejected(text, complexity=True)
-        if any(_SCALAR_STATUS.search(m) for m in messages):
-            # The query itself is refused, whatever the batch: halving it would only repeat the refusal.
-            raise _Unavailable(
-                "this GitLab's status widget is a requirement's verification status (a String: EE before 17.8),"
-                " not the work-item status"
-            )
-        if any(_UNDEFINED.search(m) for m in messages) or _has_undefined_code(errors):
-            if self._with_category and all("'category'" in m for m in messages):
-                self._with_category = False  # GitLab before 18.1: statuses without categories
-                return
-            raise _Unavailable(text)
-        raise _Rejected(text)
-
     # -- writing ------------------------------------------------------------------------------------
 
     async def _store(
-        self, project_id: int, batch: list[tuple[int, str]], statuses: dict[int, dict[str, Any] | None]
+        self, project_id: int, batch: list[tuple[int, str]], statuses: dict[int, Status | None]
     ) -> None:
         rows = [(project_id, iid, updated_at, _dump(statuses.get(iid))) for iid, updated_at in batch]
         async with self._db.transaction() as conn:
@@ -377,42 +243,7 @@ class _StatusStage:
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
-def _has_undefined_code(errors: Any) -> bool:
-    codes = {
-        (e.get("extensions") or {}).get("code") for e in _as_list(errors) if isinstance(e, dict)
-    }
-    return bool(codes & {"undefinedField", "undefinedType"})
-
-
-def _statuses(answer: dict[str, Any], path: str) -> dict[int, dict[str, Any] | None]:
-    data = answer.get("data") or {}
-    project = data.get("project")
-    if project is None:
-        # The path no longer names a project this token sees (renamed since the run began, say).
-        raise _ProjectUnavailable(f"GraphQL does not know project {path}")
-    nodes = ((project.get("workItems") or {}).get("nodes")) or []
-    statuses: dict[int, dict[str, Any] | None] = {}
-    widget_seen = False
-    for node in nodes:
-        widget = next((w for w in node.get("widgets") or [] if isinstance(w, dict) and "status" in w), None)
-        widget_seen = widget_seen or widget is not None
-        statuses[int(node["iid"])] = _status(widget["status"]) if widget else None
-    if nodes and not widget_seen:
-        raise _ProjectUnavailable("its work items have no status widget (GitLab Free, or statuses not enabled)")
-    return statuses
-
-
-def _status(raw: Any) -> dict[str, Any] | None:
-    if not isinstance(raw, dict) or not raw.get("name"):
-        return None
-    return {"name": raw["name"], "category": raw.get("category")}
-
-
-def _dump(status: dict[str, Any] | None) -> str | None:
+def _dump(status: Status | None) -> str | None:
     return None if status is None else json.dumps(status, separators=(",", ":"), sort_keys=True)
 
 
