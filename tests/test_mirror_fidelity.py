@@ -451,7 +451,7 @@ async def test_a_projects_first_sync_counts_as_its_reconcile_so_none_follows_at_
 async def test_a_timer_only_install_reconciles_once_the_interval_has_passed(
     db: Database, tmp_path: Path, age_hours: float, reconcile: bool
 ) -> None:
-    from gateway.ops.service import scheduled_attempt
+    from gateway.ops.attempt import scheduled_attempt
     from tests.test_service import ScriptedRunner, policy_config
 
     clock = FakeClock()

@@ -24,6 +24,7 @@ import pytest
 
 from gateway.cli import main, service_cmds
 from gateway.cli.service_cmds import lore_gateway_command, readiness_url
+from gateway.ops.attempt import scheduled_attempt
 from gateway.ops.commands import CommandNotFound, CommandResult, CommandTimeout, SubprocessRunner
 from gateway.ops.service import (
     DAEMON_UNIT,
@@ -42,7 +43,6 @@ from gateway.ops.service import (
     plan_install,
     plan_uninstall,
     read_manifest,
-    scheduled_attempt,
     service_status,
 )
 from sync.clock import FakeClock, utc_iso

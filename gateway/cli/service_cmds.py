@@ -21,9 +21,9 @@ import aiohttp
 
 from gateway.cli.base import CommandFailed, Context, Parser, UsageError, json_flag, open_database
 from gateway.cli.sync_cmds import describe_run
+from gateway.ops.attempt import Attempt, scheduled_attempt
 from gateway.ops.commands import CommandRunner, SubprocessRunner
 from gateway.ops.service import (
-    Attempt,
     InstallPlan,
     ServiceError,
     ServiceSpec,
@@ -39,7 +39,6 @@ from gateway.ops.service import (
     plan_install,
     plan_uninstall,
     read_manifest,
-    scheduled_attempt,
     service_status,
 )
 from sync import PROFILES, SYNC_DISABLED, EventBus, SyncRunner, SystemClock, parse_duration, utc_iso

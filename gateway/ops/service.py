@@ -4,14 +4,13 @@ The units in systemd/ are templates, because only the install knows the real exe
 paths. An install renders them, writes only what differs, and records every file's sha256 in a
 manifest, so a second identical install changes nothing and a hand-edited file shows up as drift.
 Secrets go to a 0600 env file, never into a unit or a command line; systemctl runs through a
-CommandRunner. The one attempt the optional timer runs (`service run`) lives here too.
+CommandRunner. The one attempt the optional timer runs (`service run`) is gateway/ops/attempt.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import random
 import re
 import stat
 import tomllib
@@ -28,23 +27,10 @@ from gateway.ops.commands import CommandNotFound, CommandRunner, CommandTimeout
 from sync import (
     ENV_PREFIX,
     SYNC_DISABLED,
-    Clock,
     Config,
     ConfigError,
-    Database,
-    Run,
-    ServiceState,
-    SyncError,
-    SyncInProgress,
-    SyncRequest,
-    SyncRunnerLike,
     config_warnings,
-    failure_of,
     fsync_dir,
-    pending_rows,
-    read_service_state,
-    reconcile_due_at,
-    settle_run,
 )
 
 DAEMON_UNIT = "lore-gateway.service"
@@ -895,50 +881,3 @@ def check_dirs(manifest: Manifest, unit_dir: Path | None, env_dir: Path | None) 
             "not_installed",
             f"the install manifest names unit dir {manifest.unit_dir} and env dir {manifest.env_dir}",
         )
-
-
-# --- the timer's attempt ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """What one `service run` did: skipped (and why), or ran (and how it went)."""
-
-    skipped: str | None  # paused | backoff | sync_in_progress | sync_disabled
-    state: ServiceState
-    run: Run | None = None
-    error: SyncError | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return self.skipped is None and self.error is None
-
-
-async def scheduled_attempt(
-    db: Database, runner: SyncRunnerLike, clock: Clock, config: Config, rng: random.Random
-) -> Attempt:
-    """One run under the scheduler's policy: nothing while paused or backing off; the outcome recorded
-    in service_state exactly as `serve`'s scheduler records it."""
-    state = await read_service_state(db)
-    if not config.gitlab.enabled:
-        return Attempt("sync_disabled", state)
-    if state.paused_reason:
-        return Attempt("paused", state)
-    if state.next_retry_at is not None and state.next_retry_at > clock.now():
-        return Attempt("backoff", state)
-    events = await pending_rows(db)
-    reconcile_at = await reconcile_due_at(db, config)
-    request = SyncRequest(trigger="timer", profile=config.sync.profile,
-                          reconcile=reconcile_at is not None and reconcile_at <= clock.now())
-    try:
-        outcome: Run | SyncError = await runner.run(request)
-    except SyncInProgress:
-        return Attempt("sync_in_progress", state)  # that run records its own outcome
-    except SyncError as error:
-        outcome = error
-    await settle_run(db, clock.now(), config, rng, outcome, [e.id for e in events])
-    state = await read_service_state(db)
-    if isinstance(outcome, Run) and outcome.status == "succeeded":
-        return Attempt(None, state, outcome)
-    error = outcome if isinstance(outcome, SyncError) else failure_of(outcome)
-    return Attempt(None, state, outcome if isinstance(outcome, Run) else None, error)

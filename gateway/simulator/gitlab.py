@@ -4,7 +4,8 @@ It serves the slice of GitLab's REST API the sync engine reads (projects, issues
 with GitLab's pagination headers, auth, rate-limit headers and error bodies, as the chosen version profile
 (gateway/simulator/profiles.py) serves them, and returns a webhook for each
 change it is told to make. Latency, faults and counting live in one middleware, so a client sees them as it
-would from a real server. Generated data lives in `gateway.simulator.data`.
+would from a real server. Generated data lives in `gateway.simulator.data`, the GraphQL work-item statuses in
+`gateway.simulator.graphql`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import http
 import json
 import math
 import random
-import re
 import time
 import uuid
 from collections import Counter
@@ -48,8 +48,15 @@ from gateway.simulator.data import (
     rest_time,
     ruby_time,
 )
+from gateway.simulator.graphql import (
+    WORK_ITEM_STATUSES,
+    GraphQLBatch,
+    GraphQLReply,
+    WorkItemsGraphQL,
+    graphql_without_work_items,
+)
 from gateway.simulator.hooks import SimulatedHooks, SimulatedToken
-from gateway.simulator.profiles import DEFAULT_PROFILE, PROFILES, StatusWidget, VersionProfile, profile_named
+from gateway.simulator.profiles import DEFAULT_PROFILE, PROFILES, VersionProfile, profile_named
 from sync import Clock, SystemClock
 
 __all__ = ["DEFAULT_PROFILE", "GITLAB_VERSION", "PROFILES", "GitLabSimulator", "GraphQLBatch", "Project",
@@ -67,13 +74,6 @@ _MR_SIMPLE_FIELDS = ("id", "iid", "project_id", "title", "description", "state",
                      "web_url")
 NEW_ISSUE_FIELDS = frozenset({"title", "description", "labels", "assignees", "confidential", "author"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# A GraphQL answer: the JSON body (HTTP 200), or (status, body) for an HTTP-level failure such as the 503 timeout.
-GraphQLReply = JSON | tuple[int, JSON]
-# GitLab's system-defined work-item statuses and their categories (WorkItemStatusCategoryEnum values).
-WORK_ITEM_STATUSES: dict[str, str] = {
-    "To do": "TO_DO", "In progress": "IN_PROGRESS", "Done": "DONE", "Won't do": "CANCELED", "Duplicate": "CANCELED",
-}
-GRAPHQL_TIMEOUT = "Request timed out. Please try a less complex query or a smaller set of records."
 # GitLab's ThrottledTouch::TOUCH_INTERVAL (app/models/concerns/throttled_touch.rb): a note touches its
 # issue or MR only when updated_at is more than this old, so notes within a minute leave it unchanged.
 TOUCH_INTERVAL = 60.0
@@ -270,7 +270,7 @@ class GitLabSimulator:
         self.throttle: int | None = self.profile.default_throttle
         self._window: tuple[int, int] = (0, 0)  # (minute, requests counted in it)
         # Answers POST /api/graphql; the default is a GitLab without work items (an `errors` array, HTTP 200).
-        self.graphql_handler: Callable[[JSON], GraphQLReply] = _graphql_without_work_items
+        self.graphql_handler: Callable[[JSON], GraphQLReply] = graphql_without_work_items
         self.work_items: WorkItemsGraphQL | None = None
         self._clock: Clock = clock or SystemClock()
         self._rng = random.Random(seed)
@@ -936,133 +936,3 @@ async def _post(session: aiohttp.ClientSession, url: str, body: bytes, headers: 
     async with session.post(url, data=body, headers=headers, timeout=timeout) as response:
         await response.read()
         return response.status
-
-
-def _graphql_without_work_items(body: JSON) -> JSON:
-    return {"errors": [{
-        "message": "Field 'workItems' doesn't exist on type 'Project'",
-        "locations": [{"line": 1, "column": 1}], "path": ["query", "project", "workItems"],
-        "extensions": {"code": "undefinedField", "typeName": "Project", "fieldName": "workItems"},
-    }]}
-
-
-# -- GraphQL work items ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class GraphQLBatch:
-    """One workItems request as the simulator saw it: which items, and what it answered."""
-
-    project: str
-    iids: tuple[int, ...]
-    first: int | None
-    outcome: str  # ok | complexity | timeout
-
-
-class WorkItemsGraphQL:
-    """`project(fullPath:) { workItems(iids:, first:) { nodes { iid widgets { ... on WorkItemWidgetStatus ...`.
-
-    Its limits are GitLab's, made tunable: a query's complexity is `base_complexity + first *
-    complexity_per_item` against `max_complexity` (the error text is GitLab's); batches larger than
-    `timeout_above`, or holding a `poisoned` item, answer GitLab's 503 timeout. `widget=False` is a GitLab
-    Free namespace (no status widget on any item); `category=False` is GitLab before 18.1. Every request
-    is logged in `batches`.
-    """
-
-    def __init__(self, sim: GitLabSimulator, *, max_complexity: int = 250, complexity_per_item: int = 2,
-                 base_complexity: int = 5, timeout_above: int | None = None, widget: bool = True,
-                 category: bool = True, status_widget: StatusWidget = "object") -> None:
-        self._sim = sim
-        self.status_widget = status_widget
-        self.max_complexity = max_complexity
-        self.complexity_per_item = complexity_per_item
-        self.base_complexity = base_complexity
-        self.timeout_above = timeout_above
-        self.widget = widget
-        self.category = category
-        self.statuses: dict[tuple[int, int], str | None] = {}  # unset items get a default from their state
-        self.poisoned: set[tuple[int, int]] = set()
-        self.batches: list[GraphQLBatch] = []
-
-    def status_of(self, project_id: int, issue: JSON) -> JSON | None:
-        """What GraphQL reports for this issue: {"name", "category"} or None."""
-        key = (project_id, issue["iid"])
-        name = self.statuses[key] if key in self.statuses else _default_status(issue)
-        if name is None:
-            return None
-        return {"name": name, "category": WORK_ITEM_STATUSES[name]} if self.category else {"name": name}
-
-    def __call__(self, body: JSON) -> GraphQLReply:
-        query = str(body.get("query", ""))
-        variables = body.get("variables") or {}
-        if "workItems" not in query:
-            return {"errors": [{"message": "this simulator answers only project workItems queries"}]}
-        mismatch = self._schema_error(query)
-        if mismatch is not None:
-            return mismatch
-        if not self.category and re.search(r"\bcategory\b", query):
-            return _undefined_field("category", "WorkItemStatus")
-        project = self._sim_project(str(variables.get("fullPath", "")))
-        iids = tuple(int(i) for i in variables.get("iids") or ())
-        first = variables.get("first")
-        size = int(first) if first is not None else 100
-        complexity = self.base_complexity + size * self.complexity_per_item
-        path = project.path if project else str(variables.get("fullPath"))
-        if complexity > self.max_complexity:
-            self.batches.append(GraphQLBatch(path, iids, first, "complexity"))
-            return {"errors": [{"message": f"Query has complexity of {complexity}, which exceeds max complexity "
-                                           f"of {self.max_complexity}"}]}
-        too_slow = self.timeout_above is not None and size > self.timeout_above
-        if too_slow or (project and any((project.id, i) in self.poisoned for i in iids)):
-            self.batches.append(GraphQLBatch(path, iids, first, "timeout"))
-            return 503, {"errors": [{"message": GRAPHQL_TIMEOUT}]}
-        self.batches.append(GraphQLBatch(path, iids, first, "ok"))
-        if project is None:
-            return {"data": {"project": None}}
-        wanted = [project.issues[i] for i in sorted(set(iids), reverse=True) if i in project.issues][:size]
-        return {"data": {"project": {"workItems": {"nodes": [self._node(project, i) for i in wanted]}}}}
-
-    def _schema_error(self, query: str) -> JSON | None:
-        """GraphQL validation errors (HTTP 200) of an edition whose status widget differs from 18.x EE's."""
-        if "WorkItemWidgetStatus" not in query or self.status_widget == "object":
-            return None
-        if self.status_widget == "none":  # CE and Free: the type does not exist at all
-            return {"errors": [{
-                "message": "No such type WorkItemWidgetStatus, so it can't be a fragment condition",
-                "locations": [{"line": 1, "column": 1}], "path": ["query workItemStatuses"],
-                "extensions": {"code": "undefinedType", "typeName": "WorkItemWidgetStatus"},
-            }]}
-        selected = re.search(r"status\s*\{\s*([^}]*)\}", query)
-        if selected is None:
-            return None
-        fields = json.dumps(selected.group(1).split()).replace(",", ", ")
-        return {"errors": [{  # EE before 17.8: `status` is the requirement's verification status, a String
-            "message": f"Selections can't be made on scalars (field 'status' returns String but has "
-                       f"selections {fields})",
-            "locations": [{"line": 1, "column": 1}], "path": ["query workItemStatuses"],
-            "extensions": {"code": "selectionMismatch", "nodeName": "field 'status'", "typeName": "String"},
-        }]}
-
-    def _node(self, project: Project, issue: JSON) -> JSON:
-        # Other widgets match no fragment and come back as empty objects, as in GitLab.
-        widgets: list[JSON] = [{}, {}]
-        if self.widget:
-            widgets.insert(1, {"status": self.status_of(project.id, issue)})
-        return {"iid": str(issue["iid"]), "widgets": widgets}
-
-    def _sim_project(self, full_path: str) -> Project | None:
-        return next((p for p in self._sim.projects.values() if p.path.lower() == full_path.lower()), None)
-
-
-def _default_status(issue: JSON) -> str | None:
-    """Seeded statuses without bookkeeping: closed issues are Done, open ones To do or In progress."""
-    if issue["state"] == "closed":
-        return "Done"
-    return "In progress" if issue["iid"] % 3 == 0 else "To do"
-
-
-def _undefined_field(field_name: str, type_name: str) -> JSON:
-    return {"errors": [{
-        "message": f"Field '{field_name}' doesn't exist on type '{type_name}'",
-        "locations": [{"line": 1, "column": 1}],
-        "extensions": {"code": "undefinedField", "typeName": type_name, "fieldName": field_name},
-    }]}
