@@ -1,5 +1,8 @@
 """The MCP tools over the mirror: their schemas, their arguments, and results that fit a token budget.
 
+One module because each tool's schema, its argument parsing and its budgeted result sit side by side, and
+every tool shares the one truncation rule.
+
 Each tool calls the same engine functions as the REST handlers (sync.read.queries, sync.read.search, sync.read.experts,
 the status document) and shapes the answer for a model: compact JSON text, never above
 `mcp.max_result_tokens` (counted as 4 bytes of UTF-8 JSON a token, which never undercounts characters).

@@ -1,5 +1,8 @@
 """The OpenAPI 3.1 document of every HTTP route, served at `GET /api/v1/openapi.json` without a token.
 
+One module because it is one document: the shared pieces are built once and every route's entry is made of
+them.
+
 Written by hand, close to docs/api.md, rather than generated from handlers: the contract comes first and
 a test holds the document and the app's routes to each other (and the fuzzer holds responses to the
 statuses documented here). Shared pieces (errors, paging, rate-limit headers) are built once below.

@@ -1,5 +1,8 @@
 """API tokens: the api_tokens store, the signing keys, and short-lived SSE tickets.
 
+One module because tokens, their signing keys and the tickets made from them share one secret-handling
+policy (hashes stored, keys derived, rows cached) that reads best in one place.
+
 A token is `lgw_` + an itsdangerous-signed {"id", "s", "r"} payload, "r" being 128 random bits that are
 never stored: only the token's sha256 is, so neither the signing key nor the database, nor both, can
 recreate a token. The signature turns away forgeries before any read; the row, cached for at most

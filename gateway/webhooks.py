@@ -1,5 +1,8 @@
 """`POST /webhooks/gitlab`: authenticate, route and durably record a GitLab webhook, then answer 202.
 
+One module because it is one route whose checks are one ordered sequence: the order is the design, and
+splitting it would hide it.
+
 Every check runs in the order of its cost to us, cheapest and least trusting first: the per-address rate
 limit, the body size, authentication, JSON, routing, and only then the (group-committed) inbox write.
 Whatever a client sends, the answer is a documented 4xx or a 202, never a 500: GitLab disables hooks that

@@ -1,5 +1,8 @@
 """Configuration: one TOML file, overridden key by key by `LORE_GATEWAY_<SECTION>_<KEY>` env vars.
 
+One module because the records, the key set and the loader that checks them change together: a new key
+touches all three, and every check fails through the one ConfigError path.
+
 This module owns the whole key set, its defaults and its validation, so every bad value fails at
 start-up as one `ConfigError` naming the key (the CLI turns it into exit 2), never later in a run.
 Secrets come from env, `*_file` keys or inline TOML, and never appear in an error message or a repr.

@@ -1,5 +1,8 @@
 """Running lore-gateway under systemd: render the units, install them idempotently, detect drift.
 
+One module because rendering, the manifest and the install are one idempotent operation: the manifest
+records exactly what rendering produced and the install wrote.
+
 The units in systemd/ are templates, because only the install knows the real executable and config
 paths. An install renders them, writes only what differs, and records every file's sha256 in a
 manifest, so a second identical install changes nothing and a hand-edited file shows up as drift.

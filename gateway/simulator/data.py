@@ -1,5 +1,7 @@
 """What the simulated GitLab holds: people, projects, issues, MRs, discussions and diffs, from a seed.
 
+One module because every record comes from one seeded generator, so one seed always gives the same GitLab.
+
 Records are kept in GitLab's own REST JSON shape (plain dicts, GitLab's field names), so the HTTP face serves
 them unchanged. Timestamps are born as integer milliseconds and formatted once into a fixed-width form, so
 ordering and `updated_after` filtering on the stored string are ordering and filtering by time.

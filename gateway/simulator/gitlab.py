@@ -1,5 +1,8 @@
 """A simulated GitLab for tests, benchmarks and `lore-gateway demo`.
 
+One module because it is one server: its routes share the in-memory GitLab, the one middleware (latency,
+faults, counting) and the webhooks each change returns.
+
 It serves the slice of GitLab's REST API the sync engine reads (projects, issues, MRs, discussions, diffs)
 with GitLab's pagination headers, auth, rate-limit headers and error bodies, as the chosen version profile
 (gateway/simulator/profiles.py) serves them, and returns a webhook for each

@@ -1,5 +1,8 @@
 """The scheduler `serve` runs: debounced, single-flight syncs with a timer fallback and error-aware backoff.
 
+One module because the loop, its plan and `settle_run` are one policy (when to run, how to back off),
+which the timer's `service run` applies through the same function.
+
 One loop task starts every run, so single flight in-process is structural: a trigger that arrives during
 a run only records a want, and the loop's next pass turns all wants into exactly one follow-up run.
 Backoff and pause live in `service_state`, not in memory: they survive restarts, every process sharing

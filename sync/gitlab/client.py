@@ -1,5 +1,8 @@
 """The GitLab REST v4 client: the only place the engine speaks HTTP to GitLab.
 
+One module because every request must pass the same wire policy; a second module speaking HTTP to GitLab
+could bypass it.
+
 It owns the wire-level policy so pipeline stages never see it: bounded concurrency per request,
 offset pagination that trusts only `x-next-page`, retries with jittered backoff and Retry-After,
 slowing down as RateLimit-Remaining nears zero, and turning every failure into a TransientError

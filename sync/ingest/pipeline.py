@@ -1,5 +1,8 @@
 """The sync pipeline: GitLab -> mirror, page by page, for one run.
 
+One module because its stages share one run's state (counts, progress, the project checks made once a run)
+and one commit rule.
+
 A listing walks `updated_after`-ordered pages; for each page it fetches the
 discussions (and, for MRs, the diffs) of the items that changed, then commits
 the items, their notes and files, and the cursor in ONE transaction. So the
