@@ -26,9 +26,9 @@ from sync.events import EventBus
 from sync.ingest.pipeline import SyncRequest
 from sync.store.db import Database
 from sync.types import ItemRef
-from tests.conftest import SIM_TOKEN, make_config
+from tests.conftest import SIM_TOKEN, FakeRunner, make_config
 from tests.test_cli_sync import cli, cli_env
-from tests.test_scheduler import FakeRunner, Rig
+from tests.test_scheduler import Rig
 from tests.test_sse import Stream
 
 SETTLE = 30.0  # a guard against a hung test, never a timing assumption
@@ -452,14 +452,14 @@ async def test_a_timer_only_install_reconciles_once_the_interval_has_passed(
     db: Database, tmp_path: Path, age_hours: float, reconcile: bool
 ) -> None:
     from gateway.ops.attempt import scheduled_attempt
-    from tests.test_service import ScriptedRunner, policy_config
+    from tests.test_service import policy_config
 
     clock = FakeClock()
     async with db.transaction() as conn:
         await conn.execute("INSERT INTO projects (id, path_with_namespace, name, web_url, raw, synced_at)"
                            " VALUES (1001, 'acme/widgets', 'widgets', '', '{}', 0)")
         await conn.execute("INSERT INTO reconciles VALUES (1001, ?)", (clock.now() - age_hours * 3600,))
-    runner = ScriptedRunner(db, clock)
+    runner = FakeRunner(db, clock)
     attempt = await scheduled_attempt(db, runner, clock, policy_config(tmp_path / "data"), random.Random(1))
     assert attempt.succeeded and runner.requests[0].reconcile is reconcile
 

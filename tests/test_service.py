@@ -1,6 +1,6 @@
 """`service install|uninstall|status|run`: rendered units, the 0600 env file, idempotency, drift, systemctl.
 
-systemctl never runs here: a FakeRunner records every argv and answers from a script. Unit, env and
+systemctl never runs here: a FakeCommands records every argv and answers from a script. Unit, env and
 data dirs are temporary. The timer's `service run` is checked against the scheduler's policy with a
 FakeClock, and once end to end against the GitLab simulator.
 """
@@ -48,12 +48,11 @@ from gateway.ops.service import (
 from sync.clock import FakeClock, utc_iso
 from sync.config import Config, ConfigError, load_config
 from sync.control.runner import SyncRunner
-from sync.control.runs import Run, RunLog
 from sync.control.status import read_service_state
 from sync.errors import PermanentError, TransientError
 from sync.events import EventBus
-from sync.ingest.pipeline import SyncRequest
 from sync.store.db import Database
+from tests.conftest import FakeRunner
 
 SIGNING_TOKEN = "whsec_" + base64.b64encode(b"standard-webhooks-signing-key!").decode()
 SECRET_ENV = {
@@ -69,8 +68,10 @@ SECRET_VALUES = [
 ]
 
 
-class FakeRunner:
-    """Records argv; answers 0 (and "active" to is-active) unless told otherwise for a subcommand."""
+class FakeCommands:
+    """A CommandRunner for systemctl (the sync runner's fake is tests/conftest.py's FakeRunner).
+
+    Records argv; answers 0 (and "active" to is-active) unless told otherwise for a subcommand."""
 
     def __init__(self, results: dict[str, CommandResult] | None = None, *, missing: bool = False) -> None:
         self.results = results or {}
@@ -108,7 +109,7 @@ class Rig:
         self.config_path.parent.mkdir()
         self.config_path.write_text('[gitlab]\nurl = "https://gitlab.example.com"\nprojects = ["acme/widgets"]\n')
         self.env = {"LORE_GATEWAY_GATEWAY_DATA_DIR": str(self.data_dir), **SECRET_ENV}
-        self.runner = FakeRunner()
+        self.runner = FakeCommands()
 
     def config(self) -> Config:
         return load_config(self.config_path, self.env)
@@ -450,13 +451,13 @@ def test_status_without_systemctl_says_active_null_and_exits_0(rig: Rig, monkeyp
 
 async def test_status_where_systemd_is_not_running_says_active_null(rig: Rig) -> None:
     not_booted = CommandResult(1, "", "System has not been booted with systemd as init system (PID 1).\n")
-    status = await service_status(rig.manifest, FakeRunner({"is-active": not_booted}))
+    status = await service_status(rig.manifest, FakeCommands({"is-active": not_booted}))
     assert status.active is None
 
 
 async def test_status_of_a_stopped_unit_says_active_false(rig: Rig) -> None:
     await rig.install()
-    status = await service_status(rig.manifest, FakeRunner({"is-active": CommandResult(3, "inactive\n", "")}))
+    status = await service_status(rig.manifest, FakeCommands({"is-active": CommandResult(3, "inactive\n", "")}))
     assert status.active is False
 
 
@@ -658,26 +659,6 @@ def policy_config(data_dir: Path, url: str = "http://gitlab.invalid", **env: str
     return load_config(None, values | {f"LORE_GATEWAY_{k.upper()}": v for k, v in env.items()})
 
 
-class ScriptedRunner:
-    """A SyncRunner stand-in: records requests; finishes a real sync_runs row as told."""
-
-    def __init__(self, db: Database, clock: FakeClock, outcome: str | TransientError | PermanentError = "ok") -> None:
-        self.runs = RunLog(db, clock)
-        self.outcome = outcome
-        self.requests: list[SyncRequest] = []
-
-    async def run(self, request: SyncRequest, *, wait: bool = False) -> Run:
-        self.requests.append(request)
-        run_id = await self.runs.start(request.trigger, request.profile, "fake")
-        if isinstance(self.outcome, str):
-            await self.runs.finish(run_id, "succeeded", {"issues": 1}, [])
-        else:
-            await self.runs.finish(run_id, "failed", {}, [], self.outcome)
-        run = await self.runs.get(run_id)
-        assert run is not None
-        return run
-
-
 async def set_state(db: Database, failures: int = 0, next_retry_at: float | None = None, paused: str | None = None):
     async with db.transaction() as conn:
         await conn.execute(
@@ -688,7 +669,7 @@ async def set_state(db: Database, failures: int = 0, next_retry_at: float | None
 
 async def test_service_run_does_nothing_while_paused(db: Database, tmp_path: Path) -> None:
     clock = FakeClock()
-    runner = ScriptedRunner(db, clock)
+    runner = FakeRunner(db, clock)
     await set_state(db, paused="gitlab_unauthorized: 401")
     attempt = await scheduled_attempt(db, runner, clock, policy_config(tmp_path / "data"), random.Random(1))
     assert attempt.skipped == "paused" and runner.requests == []
@@ -696,7 +677,7 @@ async def test_service_run_does_nothing_while_paused(db: Database, tmp_path: Pat
 
 async def test_service_run_does_nothing_before_the_backoff_retry_time(db: Database, tmp_path: Path) -> None:
     clock = FakeClock()
-    runner = ScriptedRunner(db, clock)
+    runner = FakeRunner(db, clock)
     await set_state(db, failures=2, next_retry_at=clock.now() + 30)
     attempt = await scheduled_attempt(db, runner, clock, policy_config(tmp_path / "data"), random.Random(1))
     assert attempt.skipped == "backoff" and runner.requests == []
@@ -705,7 +686,7 @@ async def test_service_run_does_nothing_before_the_backoff_retry_time(db: Databa
 
 async def test_service_run_after_the_backoff_runs_a_timer_sync_and_a_success_clears_it(db, tmp_path) -> None:
     clock = FakeClock()
-    runner = ScriptedRunner(db, clock)
+    runner = FakeRunner(db, clock)
     await set_state(db, failures=2, next_retry_at=clock.now() - 1)
     attempt = await scheduled_attempt(db, runner, clock, policy_config(tmp_path / "data"), random.Random(1))
     assert attempt.succeeded and runner.requests[0].trigger == "timer"
@@ -715,7 +696,8 @@ async def test_service_run_after_the_backoff_runs_a_timer_sync_and_a_success_cle
 
 async def test_a_transient_failure_backs_off_exactly_like_the_scheduler(db: Database, tmp_path: Path) -> None:
     clock = FakeClock()
-    runner = ScriptedRunner(db, clock, TransientError("gitlab_unavailable", "502"))
+    runner = FakeRunner(db, clock)
+    runner.script.append(TransientError("gitlab_unavailable", "502"))
     await set_state(db, failures=1, next_retry_at=clock.now() - 1)
     attempt = await scheduled_attempt(db, runner, clock, policy_config(tmp_path / "data"), random.Random(1))
     state = await read_service_state(db)
@@ -731,13 +713,14 @@ async def test_a_successful_service_run_prunes_change_feed_entries_older_than_re
         await conn.executemany(
             "INSERT INTO changes (kind, project_id, iid, parent_kind, action, at) VALUES ('issue', 1, ?, 'issue',"
             " 'deleted', ?)", [(1, utc_iso(clock.now() - 86_401)), (2, utc_iso(clock.now() - 60))])
-    await scheduled_attempt(db, ScriptedRunner(db, clock), clock, config, random.Random(1))
+    await scheduled_attempt(db, FakeRunner(db, clock), clock, config, random.Random(1))
     assert [r[0] for r in await db.fetchall("SELECT iid FROM changes")] == [2]
 
 
 async def test_a_permanent_failure_pauses(db: Database, tmp_path: Path) -> None:
     clock = FakeClock()
-    runner = ScriptedRunner(db, clock, PermanentError("gitlab_unauthorized", "401 Unauthorized"))
+    runner = FakeRunner(db, clock)
+    runner.script.append(PermanentError("gitlab_unauthorized", "401 Unauthorized"))
     await scheduled_attempt(db, runner, clock, policy_config(tmp_path / "data"), random.Random(1))
     assert (await read_service_state(db)).paused_reason == "gitlab_unauthorized: 401 Unauthorized"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from sync.clock import utc_iso
+from sync.control.inbox_queries import pending_by_project
 from sync.store.db import Database
 
 INTAKE_WINDOW = 3600.0  # the last hour
@@ -19,9 +20,7 @@ _PROJECTS = """
 SELECT p.id, p.path_with_namespace, p.synced_at,
        (SELECT count(*) FROM issues i WHERE i.project_id = p.id),
        (SELECT count(*) FROM merge_requests m WHERE m.project_id = p.id),
-       (SELECT count(*) FROM notes n WHERE n.project_id = p.id),
-       (SELECT count(*) FROM webhook_events w WHERE w.project_id = p.id AND w.processed_at IS NULL),
-       (SELECT min(received_at) FROM webhook_events w WHERE w.project_id = p.id AND w.processed_at IS NULL)
+       (SELECT count(*) FROM notes n WHERE n.project_id = p.id)
 FROM projects p ORDER BY p.path_with_namespace
 """
 
@@ -29,12 +28,17 @@ FROM projects p ORDER BY p.path_with_namespace
 async def project_freshness(db: Database, now: float) -> list[dict[str, Any]]:
     """Per mirrored project: items mirrored, when it was last synced, and how far it trails GitLab."""
     rows = await db.fetchall(_PROJECTS)
-    return [{
+    pending = await pending_by_project(db)  # what "pending" means is the inbox's (inbox_queries)
+    return [_freshness(row, *pending.get(row[0], (0, now)), now) for row in rows]
+
+
+def _freshness(row: Any, pending_events: int, oldest_pending: float, now: float) -> dict[str, Any]:
+    return {
         "id": row[0], "path": row[1], "last_synced_at": utc_iso(row[2]),
         "items": {"issues": row[3], "merge_requests": row[4], "notes": row[5]},
-        "pending_events": row[6],
-        "lag_seconds": round(max(0.0, now - row[7]), 1) if row[7] is not None else 0.0,
-    } for row in rows]
+        "pending_events": pending_events,
+        "lag_seconds": round(max(0.0, now - oldest_pending), 1),  # 0 when nothing waits
+    }
 
 
 async def webhook_intake(db: Database, now: float) -> dict[str, Any]:

@@ -58,6 +58,15 @@ async def count_pending(db: Database) -> int:
     return int(await db.fetchval(f"SELECT count(*) {_UNPROCESSED}") or 0)
 
 
+async def pending_by_project(db: Database) -> dict[int, tuple[int, float]]:
+    """Per project: how many stored events no committed run has covered yet, and when the oldest arrived."""
+    rows = await db.fetchall(
+        f"SELECT project_id, count(*), min(received_at) {_UNPROCESSED} AND project_id IS NOT NULL"
+        " GROUP BY project_id"
+    )
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
 async def mark_processed(conn: Any, ids: Sequence[int], run_id: int | None, now: float) -> None:
     """Mark these events processed by `run_id` (inside the caller's transaction)."""
     for start in range(0, len(ids), _MARK_CHUNK):
