@@ -429,10 +429,10 @@ def _unreadable(exc: RequestPayloadError) -> ApiError:
     return ApiError(400, "invalid_body", "the body could not be read as sent")
 
 
-# orjson parses fastest, but at its peak it holds about 13 bytes per byte of JSON (it sizes its value pool
-# for the worst case before it starts): 325 MB for one 25 MB body. Above this size the standard library's
-# parser, which builds the objects as it goes, holds 2 bytes per byte (3 with the body itself), up to 8
-# when a long text has a character outside the BMP (bench/webhook_memory_bench.py measures both).
+# orjson parses fastest, but it sizes its value pool for the worst case before it starts, so its peak is
+# many times the body, which at webhook.max_body_bytes is too much for one request. Above this size the
+# standard library's parser, which builds the objects as it goes, peaks several times lower
+# (bench/webhook_memory_bench.py measures both, as a multiple of the body).
 _ORJSON_MAX_BYTES = 256 * 1024  # typical hooks are 2-20 KB: they keep the fast path
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import difflib
 import ipaddress
 import math
@@ -797,50 +796,3 @@ def config_warnings(config: Config) -> tuple[str, ...]:
             notes.append(f"webhook.signing_tokens: entry {number} holds a {size}-byte key; GitLab makes "
                          f"{MIN_SECRET_BYTES}-byte ones (whsec_ + base64 of {MIN_SECRET_BYTES} random bytes)")
     return tuple(notes)
-
-
-def describe(config: Config) -> dict[str, Any]:
-    """A JSON-safe summary for `status`: secrets appear only as booleans and counts."""
-    gitlab, gateway, webhook = config.gitlab, config.gateway, config.webhook
-    return {
-        "source": str(config.source) if config.source is not None else None,
-        "gitlab": {
-            "enabled": gitlab.enabled,
-            "url": gitlab.url,
-            "token_set": gitlab.token is not None,
-            "projects": list(gitlab.projects),
-            "concurrency": gitlab.concurrency,
-            "timeout": gitlab.timeout,
-            "requests_per_minute": gitlab.requests_per_minute,
-        },
-        "gateway": {
-            "host": gateway.host,
-            "port": gateway.port,
-            "data_dir": str(gateway.data_dir),
-            "db_path": str(config.db_path),
-            "log_level": gateway.log_level,
-            "trusted_proxies": [str(network) for network in gateway.trusted_proxies],
-            "max_sse_clients": gateway.max_sse_clients,
-            "max_sse_per_token": gateway.max_sse_per_token,
-            "keepalive_timeout": gateway.keepalive_timeout,
-        },
-        "webhook": {
-            "secret_count": len(webhook.secrets),
-            "signing_token_count": len(webhook.signing_tokens),
-            "max_body_bytes": webhook.max_body_bytes,
-            "retention": webhook.retention,
-            "fsync": webhook.fsync,
-            "url": webhook.url,
-        },
-        "sync": dataclasses.asdict(config.sync),
-        "auth": {"signing_key_count": len(config.auth.signing_keys)},
-        "ratelimit": {
-            **dataclasses.asdict(config.ratelimit),
-            "storage": redact_url(config.ratelimit.storage),
-        },
-        "redis": {"url": redact_url(config.redis.url)},
-        "experts": dataclasses.asdict(config.experts),
-        "embeddings": dataclasses.asdict(config.embeddings),
-        "mcp": dataclasses.asdict(config.mcp),
-        "changes": dataclasses.asdict(config.changes),
-    }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import math
 from pathlib import Path
 
@@ -14,7 +13,6 @@ from sync.config import (
     ConfigError,
     GitLabConfig,
     config_warnings,
-    describe,
     ensure_data_dir,
     load_config,
     parse_duration,
@@ -704,42 +702,6 @@ def test_repr_of_a_config_shows_no_secret(secret_config: Config) -> None:
     assert "cache:6379" in text
 
 
-def test_describe_is_json_safe_and_shows_secrets_only_as_counts(secret_config: Config) -> None:
-    summary = describe(secret_config)
-    text = json.dumps(summary)
-    for secret in (*SECRETS, SIGNING_TOKEN):
-        assert secret not in text
-    assert summary["gitlab"]["token_set"] is True
-    assert summary["gitlab"]["enabled"] is True
-    assert summary["webhook"]["secret_count"] == 1
-    assert summary["webhook"]["signing_token_count"] == 1
-    assert summary["auth"]["signing_key_count"] == 1
-    assert summary["redis"]["url"] == "redis://***@cache:6379/0"
-    assert summary["ratelimit"]["storage"] == "redis://***@cache:6379/0"
-
-
-def test_describe_of_the_defaults(tmp_path: Path) -> None:
-    summary = describe(load_config(None, env={}))
-    json.dumps(summary)
-    assert summary["source"] is None
-    assert summary["gitlab"] == {
-        "enabled": False,
-        "url": None,
-        "token_set": False,
-        "projects": [],
-        "concurrency": 8,
-        "timeout": 30.0,
-        "requests_per_minute": 0,
-    }
-    assert summary["gateway"]["port"] == 8080
-    assert summary["gateway"]["db_path"].endswith("lore.db")
-    assert summary["sync"]["interval"] == 1800.0
-    assert summary["redis"] == {"url": None}
-
-
-# --- parse_duration ----------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
@@ -820,7 +782,6 @@ def test_webhook_fsync_is_off_by_default_and_set_from_toml_or_env(tmp_path: Path
     assert load(tmp_path).webhook.fsync is False
     assert load(tmp_path, "[webhook]\nfsync = true\n").webhook.fsync is True
     assert load(tmp_path, LORE_GATEWAY_WEBHOOK_FSYNC="yes").webhook.fsync is True
-    assert describe(load(tmp_path, "[webhook]\nfsync = true\n"))["webhook"]["fsync"] is True
 
 
 def test_requests_per_minute_is_a_budget_or_zero_for_none(tmp_path: Path) -> None:

@@ -42,7 +42,9 @@ _PRAGMAS = (
     "PRAGMA temp_store=MEMORY",
 )
 INLINE_BUDGET = 0.001  # seconds a read may hold the event loop before it moves to the reader thread
-_BUDGET_CHECK_STEPS = 1000  # SQLite VM instructions between looks at the clock (~50-100 us of work)
+# SQLite VM instructions between looks at the clock: few enough that a read stops soon after INLINE_BUDGET,
+# many enough that looking costs little against the work in between.
+_BUDGET_CHECK_STEPS = 1000
 _RUN_ON_THREAD = frozenset({"SQLITE_INTERRUPT", "SQLITE_BUSY", "SQLITE_LOCKED"})  # over budget, or a lock
 
 

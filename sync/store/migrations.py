@@ -78,14 +78,6 @@ def apply_migrations(conn: sqlite3.Connection, migrations: list[Migration] | Non
     return done
 
 
-def pending_migrations(conn: sqlite3.Connection) -> list[str]:
-    try:
-        applied = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
-    except sqlite3.OperationalError:
-        applied = set()
-    return [m.name for m in shipped_migrations() if m.version not in applied]
-
-
 def _apply_one(conn: sqlite3.Connection, migration: Migration) -> None:
     # executescript commits first; wrap the file and its record in one explicit transaction.
     script = (
