@@ -22,15 +22,8 @@ def event(key: str | None = None, *, name: str = "Issue Hook", iid: int | None =
 
 
 @pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = await Database.open(tmp_path / "lore.db")
-    yield db
-    await db.close()
-
-
-@pytest.fixture
-async def inbox(database: Database) -> AsyncIterator[Inbox]:
-    box = Inbox(database, FakeClock(1_800_000_000.0))
+async def inbox(db: Database) -> AsyncIterator[Inbox]:
+    box = Inbox(db, FakeClock(1_800_000_000.0))
     await box.start()
     yield box
     await box.close()
@@ -48,50 +41,50 @@ def rows_on_disk(path: Path) -> list[tuple[object, ...]]:
         conn.close()
 
 
-async def test_add_returns_once_the_row_is_committed(inbox: Inbox, database: Database) -> None:
+async def test_add_returns_once_the_row_is_committed(inbox: Inbox, db: Database) -> None:
     accepted = await inbox.add(event("key-1"))
 
     assert accepted == Accepted(accepted.event_id, duplicate=False)
-    assert rows_on_disk(database.path) == [
+    assert rows_on_disk(db.path) == [
         (accepted.event_id, "key-1", "Issue Hook", 1001, "issue", 7, 1_800_000_000.0, b'{"object_kind":"issue"}')
     ]
 
 
-async def test_a_key_seen_before_is_a_duplicate_with_the_first_rows_id(inbox: Inbox, database: Database) -> None:
+async def test_a_key_seen_before_is_a_duplicate_with_the_first_rows_id(inbox: Inbox, db: Database) -> None:
     first = await inbox.add(event("key-1"))
 
     again = await inbox.add(event("key-1"))
 
     assert again == Accepted(first.event_id, duplicate=True)
-    assert len(rows_on_disk(database.path)) == 1
+    assert len(rows_on_disk(db.path)) == 1
 
 
-async def test_the_same_key_twice_in_one_batch_is_a_duplicate(inbox: Inbox, database: Database) -> None:
+async def test_the_same_key_twice_in_one_batch_is_a_duplicate(inbox: Inbox, db: Database) -> None:
     results = await asyncio.gather(inbox.add(event("same")), inbox.add(event("same")), inbox.add(event("other")))
 
     assert [r.duplicate for r in results] == [False, True, False]
     assert results[0].event_id == results[1].event_id
-    assert len(rows_on_disk(database.path)) == 2
+    assert len(rows_on_disk(db.path)) == 2
 
 
-async def test_events_without_a_key_are_never_deduplicated(inbox: Inbox, database: Database) -> None:
+async def test_events_without_a_key_are_never_deduplicated(inbox: Inbox, db: Database) -> None:
     results = [await inbox.add(event(None)) for _ in range(3)]
 
     assert not any(r.duplicate for r in results)
     assert len({r.event_id for r in results}) == 3
-    assert len(rows_on_disk(database.path)) == 3
+    assert len(rows_on_disk(db.path)) == 3
 
 
-async def test_concurrent_adds_are_committed_together(inbox: Inbox, database: Database) -> None:
+async def test_concurrent_adds_are_committed_together(inbox: Inbox, db: Database) -> None:
     results = await asyncio.gather(*(inbox.add(event(f"k{i}")) for i in range(200)))
 
     assert len({r.event_id for r in results}) == 200
-    assert len(rows_on_disk(database.path)) == 200
+    assert len(rows_on_disk(db.path)) == 200
     assert inbox.commits <= 3, "200 callers waiting at once should share a transaction or two"
 
 
-async def test_max_batch_bounds_one_transaction(database: Database) -> None:
-    box = Inbox(database, FakeClock(), max_batch=10)
+async def test_max_batch_bounds_one_transaction(db: Database) -> None:
+    box = Inbox(db, FakeClock(), max_batch=10)
     await box.start()
     await asyncio.gather(*(box.add(event(f"k{i}")) for i in range(100)))
     await box.close()
@@ -100,8 +93,8 @@ async def test_max_batch_bounds_one_transaction(database: Database) -> None:
     assert box.rows == 100
 
 
-async def test_a_failed_commit_fails_every_caller_of_its_batch(inbox: Inbox, database: Database) -> None:
-    async with database.transaction() as conn:
+async def test_a_failed_commit_fails_every_caller_of_its_batch(inbox: Inbox, db: Database) -> None:
+    async with db.transaction() as conn:
         await conn.execute(
             "CREATE TRIGGER boom BEFORE INSERT ON webhook_events WHEN NEW.event = 'Boom Hook'"
             " BEGIN SELECT RAISE(ABORT, 'boom'); END"
@@ -113,11 +106,11 @@ async def test_a_failed_commit_fails_every_caller_of_its_batch(inbox: Inbox, dat
     )
 
     assert all(isinstance(r, InboxError) for r in results)
-    assert rows_on_disk(database.path) == []
+    assert rows_on_disk(db.path) == []
 
 
-async def test_the_writer_survives_a_failed_commit(inbox: Inbox, database: Database) -> None:
-    async with database.transaction() as conn:
+async def test_the_writer_survives_a_failed_commit(inbox: Inbox, db: Database) -> None:
+    async with db.transaction() as conn:
         await conn.execute(
             "CREATE TRIGGER boom BEFORE INSERT ON webhook_events WHEN NEW.event = 'Boom Hook'"
             " BEGIN SELECT RAISE(ABORT, 'boom'); END"
@@ -128,7 +121,7 @@ async def test_the_writer_survives_a_failed_commit(inbox: Inbox, database: Datab
     accepted = await inbox.add(event("a"))
 
     assert not accepted.duplicate
-    assert len(rows_on_disk(database.path)) == 1
+    assert len(rows_on_disk(db.path)) == 1
 
 
 async def test_an_integer_sqlite_cannot_hold_fails_the_batch_not_the_writer(inbox: Inbox) -> None:
@@ -138,8 +131,8 @@ async def test_an_integer_sqlite_cannot_hold_fails_the_batch_not_the_writer(inbo
     assert not (await inbox.add(event("after"))).duplicate
 
 
-async def test_close_commits_what_is_queued(database: Database) -> None:
-    box = Inbox(database, FakeClock())
+async def test_close_commits_what_is_queued(db: Database) -> None:
+    box = Inbox(db, FakeClock())
     await box.start()
     adds = [asyncio.create_task(box.add(event(f"k{i}"))) for i in range(50)]
     await asyncio.sleep(0)  # let every add enqueue
@@ -147,11 +140,11 @@ async def test_close_commits_what_is_queued(database: Database) -> None:
     await box.close()
 
     assert all(not task.result().duplicate for task in adds)
-    assert len(rows_on_disk(database.path)) == 50
+    assert len(rows_on_disk(db.path)) == 50
 
 
-async def test_add_after_close_is_refused(database: Database) -> None:
-    box = Inbox(database, FakeClock())
+async def test_add_after_close_is_refused(db: Database) -> None:
+    box = Inbox(db, FakeClock())
     await box.start()
     await box.close()
 
@@ -159,29 +152,29 @@ async def test_add_after_close_is_refused(database: Database) -> None:
         await box.add(event("late"))
 
 
-async def test_a_caller_that_goes_away_still_gets_its_event_stored(inbox: Inbox, database: Database) -> None:
+async def test_a_caller_that_goes_away_still_gets_its_event_stored(inbox: Inbox, db: Database) -> None:
     task = asyncio.create_task(inbox.add(event("gone")))
     await asyncio.sleep(0)
     task.cancel()
 
     await inbox.add(event("next"))  # the writer has processed everything queued before it
 
-    assert [row[1] for row in rows_on_disk(database.path)] == ["gone", "next"]
+    assert [row[1] for row in rows_on_disk(db.path)] == ["gone", "next"]
 
 
-async def test_count_pending_counts_unprocessed_rows(inbox: Inbox, database: Database) -> None:
+async def test_count_pending_counts_unprocessed_rows(inbox: Inbox, db: Database) -> None:
     first = await inbox.add(event("a"))
     await inbox.add(event("b"))
-    async with database.transaction() as conn:
+    async with db.transaction() as conn:
         await conn.execute("UPDATE webhook_events SET processed_at = 1 WHERE id = ?", (first.event_id,))
 
     assert await inbox.count_pending() == 1
 
 
-def observe_synchronous(database: Database, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The `PRAGMA synchronous` each write transaction of `database` runs under (1 NORMAL, 2 FULL)."""
+def observe_synchronous(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The `PRAGMA synchronous` each write transaction of `db` runs under (1 NORMAL, 2 FULL)."""
     seen: list[int] = []
-    original = database.transaction
+    original = db.transaction
 
     @asynccontextmanager
     async def observed(**options: bool) -> AsyncIterator[Any]:
@@ -189,29 +182,29 @@ def observe_synchronous(database: Database, monkeypatch: pytest.MonkeyPatch) -> 
             seen.append((await conn.execute_fetchall("PRAGMA synchronous"))[0][0])
             yield conn
 
-    monkeypatch.setattr(database, "transaction", observed)
+    monkeypatch.setattr(db, "transaction", observed)
     return seen
 
 
 @pytest.mark.parametrize(("fsync", "level"), [(False, 1), (True, 2)])
 async def test_fsync_commits_the_inbox_under_synchronous_full_and_leaves_other_writes_normal(
-        database: Database, monkeypatch: pytest.MonkeyPatch, fsync: bool, level: int) -> None:
-    seen = observe_synchronous(database, monkeypatch)
-    box = Inbox(database, FakeClock(), fsync=fsync)
+        db: Database, monkeypatch: pytest.MonkeyPatch, fsync: bool, level: int) -> None:
+    seen = observe_synchronous(db, monkeypatch)
+    box = Inbox(db, FakeClock(), fsync=fsync)
     await box.start()
     try:
         await box.add(event("key-1"))
     finally:
         await box.close()
-    async with database.transaction() as conn:  # any other write afterwards: back to NORMAL
+    async with db.transaction() as conn:  # any other write afterwards: back to NORMAL
         await conn.execute("UPDATE service_state SET updated_at = 1 WHERE id = 1")
     assert seen == [level, 1]
 
 
 async def test_a_commit_that_stores_a_new_event_calls_on_new_events_and_a_duplicate_does_not(
-        database: Database) -> None:
+        db: Database) -> None:
     calls: list[int] = []
-    box = Inbox(database, FakeClock(), on_new_events=lambda: calls.append(1))
+    box = Inbox(db, FakeClock(), on_new_events=lambda: calls.append(1))
     await box.start()
     await box.add(event("k1"))
     await asyncio.sleep(0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import zlib
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -111,13 +110,6 @@ async def test_a_compressed_body_counts_its_decoded_size_against_the_limit(
 # -- events about projects the mirror does not hold ----------------------------------------------------------
 
 
-@pytest.fixture
-async def database(tmp_path: Path) -> Any:
-    db = await Database.open(tmp_path / "lore.db")
-    yield db
-    await db.close()
-
-
 async def _add_event(db: Database, project_id: int, kind: str | None, iid: int | None) -> None:
     async with db.transaction() as conn:
         await conn.execute("INSERT INTO webhook_events (event, project_id, kind, iid, received_at, payload)"
@@ -125,25 +117,25 @@ async def _add_event(db: Database, project_id: int, kind: str | None, iid: int |
 
 
 async def test_an_event_about_a_project_the_mirror_does_not_hold_names_nothing_to_fetch(
-    database: Database
+    db: Database
 ) -> None:
-    async with database.transaction() as conn:
+    async with db.transaction() as conn:
         await conn.execute("INSERT INTO projects (id, path_with_namespace, name, web_url, raw, synced_at)"
                            " VALUES (1001, 'acme/widgets', 'widgets', 'u', x'7b7d', 0)")
-    await _add_event(database, 1001, "project", None)
-    await _add_event(database, 4242, "project", None)
-    await _add_event(database, 4242, "merge_request", 7)
+    await _add_event(db, 1001, "project", None)
+    await _add_event(db, 4242, "project", None)
+    await _add_event(db, 4242, "merge_request", 7)
 
-    events = await inbox_queries.pending_rows(database)
+    events = await inbox_queries.pending_rows(db)
 
     assert [(e.item.project_id, e.item.kind) for e in events] == [(1001, "project"), (4242, None), (4242, None)]
     assert inbox_queries.targets_for(events) == (ItemRef(1001, "project"),)
 
 
-async def test_before_the_first_sync_no_event_is_filtered(database: Database) -> None:
-    await _add_event(database, 4242, "merge_request", 7)
+async def test_before_the_first_sync_no_event_is_filtered(db: Database) -> None:
+    await _add_event(db, 4242, "merge_request", 7)
 
-    events = await inbox_queries.pending_rows(database)
+    events = await inbox_queries.pending_rows(db)
 
     assert [(e.item.project_id, e.item.kind, e.item.iid) for e in events] == [(4242, "merge_request", 7)]
 
