@@ -1,6 +1,6 @@
 """`GET /api/v1/search` and `GET /api/v1/experts`: the knowledge built on the mirror, over HTTP.
 
-Handlers only validate parameters and call the engine (sync.read.search, sync.ingest.embeddings, sync.read.experts).
+Handlers only validate parameters and call the engine (sync.read.search, sync.read.semantic, sync.read.experts).
 Search pages by an opaque offset cursor: relevance order has no stable key to page by. Both answer
 with a strong ETag of the body (304 on a match): their inputs (the FTS index, the time of day for
 decay) have no data version of their own yet.

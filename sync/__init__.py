@@ -76,7 +76,7 @@ from sync.gitlab.hooks import (
     wanted_hook,
 )
 from sync.gitlab.instance import read_instance
-from sync.ingest.embeddings import EmbeddingClient, VectorIndex
+from sync.ingest.embeddings import EmbeddingClient
 from sync.ingest.pipeline import SyncRequest
 from sync.read import changes, queries
 from sync.read.changes import (
@@ -111,6 +111,7 @@ from sync.read.search import (
     project_paths,
     search,
 )
+from sync.read.semantic import VectorIndex
 from sync.scaleout.redis_bus import DEFAULT_PREFIX, RedisEventBus, redis_client
 from sync.scaleout.redis_lock import LeaderLease, RedisLock
 from sync.store.backup import BackupError, backup_database, fsync_dir

@@ -2,7 +2,9 @@
 
 - the engine (`sync`) never imports the gateway or `aiohttp.web`;
 - the gateway imports the engine only through its declared API: `from sync import NAME`, NAME in `sync.__all__`;
-- product code never imports the GitLab simulator; only the `demo` command (gateway/cli/demo_cmds.py) does.
+- product code never imports the GitLab simulator; only the `demo` command (gateway/cli/demo_cmds.py) does;
+- the write side (`sync.ingest`) and the read side (`sync.read`) never import each other: what both need
+  is declared beside them (sync/types.py, sync/shape.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SIMULATOR = "gateway.simulator"
 # The one product module allowed to start the simulator: `lore-gateway demo` runs against it.
 SIMULATOR_USERS = {"gateway/cli/demo_cmds.py"}
+# The write model and the read model: neither package may import the other.
+SIDES = {"sync/ingest/": "sync.read", "sync/read/": "sync.ingest"}
 
 
 def engine_api(root: Path = ROOT) -> set[str]:
@@ -57,6 +61,9 @@ def violations(path: str, source: str, api: set[str]) -> list[str]:
                 found.append(f"{where}: the engine imports the gateway ({module})")
             if _within(module, "aiohttp.web") or (module == "aiohttp" and "web" in names):
                 found.append(f"{where}: the engine imports aiohttp.web")
+        for side, other in SIDES.items():
+            if path.startswith(side) and _within(module, other):
+                found.append(f"{where}: {side.rstrip('/')} imports {module}; the write and read sides stay apart")
         if path.startswith("gateway/") and _within(module, "sync"):
             if module != "sync":
                 found.append(f"{where}: {module} is private to the engine; import from `sync` (its __all__)")
@@ -97,6 +104,8 @@ def test_every_module_keeps_the_import_contract(path: str) -> None:
         ("gateway/app.py", "from gateway.simulator.gitlab import GitLabSimulator", "imports the GitLab simulator"),
         ("sync/ingest/pipeline.py", "from gateway import simulator", "imports the GitLab simulator"),
         ("gateway/sse.py", "from . import keys", "relative import"),
+        ("sync/ingest/mirror.py", "from sync.read.queries import item_fragment", "the write and read sides"),
+        ("sync/read/queries.py", "from sync.ingest import mirror", "the write and read sides"),
     ],
 )
 def test_a_broken_rule_is_reported(path: str, source: str, broken: str) -> None:

@@ -14,8 +14,9 @@ from sync.clock import SystemClock
 from sync.control.runner import SyncRunner
 from sync.errors import TransientError
 from sync.events import EventBus
-from sync.ingest.embeddings import EmbeddingClient, VectorIndex, refresh_embeddings
+from sync.ingest.embeddings import EmbeddingClient, refresh_embeddings
 from sync.ingest.pipeline import SyncRequest
+from sync.read.semantic import VectorIndex
 from sync.store.db import Database
 
 DIM = 64
