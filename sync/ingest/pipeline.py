@@ -25,7 +25,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast, get_args
 
 from sync.clock import Clock, normalize_time
 from sync.config import EmbeddingsConfig
@@ -40,7 +40,7 @@ from sync.store.db import Database
 from sync.types import TABLES, ItemRef, Kind, Progress
 
 MAX_REWALKS = 3
-KINDS: tuple[Kind, ...] = ("issue", "merge_request")
+KINDS: tuple[Kind, ...] = get_args(Kind)  # issue, merge_request: the order a pass lists them in
 # GitLab's largest page; a reconcile lists each project and kind in ceil(items / 100) requests.
 PAGE = 100
 T = TypeVar("T")
