@@ -111,12 +111,10 @@ async def search(
     exact = await _exact_title_hits(db, match, _plain(text), kind, project_id)
     head = exact[offset : offset + limit]
     wanted = limit - len(head)
-    exact_ids = {row[0] for row in exact}
-    ranked = [hit for hit in await _ranked_window(db, match) if hit[0] not in exact_ids]
-    start = max(0, offset - len(exact))
-    rest = await _page_rows(db, match, ranked[start : start + wanted], seek=_may_read_non_matches(query))
+    ranked = await _ranked(db, match, {row[0] for row in exact}, wanted + 1, max(0, offset - len(exact)))
+    rest = await _page_rows(db, match, ranked[:wanted], seek=_may_read_non_matches(query))
     words = _query_words(text)
-    more = len(ranked) > start + wanted
+    more = len(ranked) > wanted
     return SearchPage([_hit(row, words) for row in head + rest], offset + limit if more else None)
 
 
@@ -152,22 +150,25 @@ def _filters(kind: str | None, project_id: int | None) -> tuple[str, list[Any]]:
     return sql, params
 
 
-async def _ranked_window(db: Database, match: str) -> list[tuple[int, float]]:
-    """(rowid, bm25) of the RANK_WINDOW newest matches, best first (the newer of two equal scores first).
+async def _ranked(db: Database, match: str, exclude: set[int], limit: int, offset: int) -> list[tuple[int, float]]:
+    """(rowid, bm25) of one page of the RANK_WINDOW newest matches, best first (of two equal scores,
+    the newer), leaving out `exclude`.
 
-    One walk: FTS5 yields matches newest first and stops at the window, scoring each as it goes, so
-    only the window is ever scored and nothing is walked twice; sorting a thousand pairs here costs
-    less than asking SQLite to (bench/search_bench.py)."""
+    One walk: FTS5 yields matches newest first, scoring each, and stops at the window, so only the
+    window is ever scored and nothing is walked twice; SQLite then sorts those rows (cheaper than
+    handing all of them to Python) and returns the page alone."""
+    window = (
+        f"SELECT rowid, {_BM25} AS score FROM documents_fts WHERE documents_fts MATCH ? ORDER BY rowid DESC LIMIT ?"
+    )
+    skip = f" WHERE rowid NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
     rows = await _run(
         db,
-        f"SELECT rowid, {_BM25} FROM documents_fts WHERE documents_fts MATCH ? ORDER BY rowid DESC LIMIT ?",
-        (match, RANK_WINDOW),
+        f"SELECT rowid, score FROM ({window}){skip} ORDER BY score, rowid DESC LIMIT ? OFFSET ?",
+        (match, RANK_WINDOW, *exclude, limit, offset),
         match,
         inline=False,
     )
-    scored = [(row[0], row[1]) for row in rows]
-    scored.sort(key=lambda hit: hit[1])  # stable: equal scores stay newest first
-    return scored
+    return [(row[0], row[1]) for row in rows]
 
 
 async def _page_rows(db: Database, match: str, hits: list[tuple[int, float]], *, seek: bool) -> list[tuple]:
@@ -186,9 +187,9 @@ async def _page_rows(db: Database, match: str, hits: list[tuple[int, float]], *,
         # `+` keeps the list out of FTS5's plan (it would look each one up): a filter on the walk.
         where = f" AND documents_fts.rowid BETWEEN ? AND ? AND +documents_fts.rowid IN ({marks})"
         params = [min(ids), max(ids), *ids]
-    rows = await _run(
-        db, f"SELECT {_DOCUMENT_COLUMNS}{_FROM_MATCH}{where}", (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, *params), match
-    )
+    sql = f"SELECT {_DOCUMENT_COLUMNS}{_FROM_MATCH}{where}"
+    # A page of lookups mostly outlasts the loop's read budget: tried there first, it would run twice.
+    rows = await _run(db, sql, (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, *params), match, inline=not seek)
     by_id = {row[0]: tuple(row) for row in rows}
     return [(*by_id[doc_id], score) for doc_id, score in hits if doc_id in by_id]
 
