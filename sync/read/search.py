@@ -2,10 +2,18 @@
 
 The query is FTS5 syntax passed through (phrases, AND/OR/NOT, prefix*, NEAR), except that words FTS5
 cannot take bare (src/auth/session.py, token-refresh) are quoted first; what is still malformed raises
-SearchQueryError (a 400). Ranking: exact title matches first, then bm25 with titles weighted 10 to 1.
-Type and project filters are FTS5 terms too (migrations/007), so they narrow before anything is
-ranked; and a query matching more than RANK_WINDOW documents is ranked among its RANK_WINDOW newest
-matches, which bounds a search's cost whatever it matches (bench/search_bench.py).
+SearchQueryError (a 400). Ranking: exact title matches first, then bm25 with titles weighted 10 to 1
+(of two equal scores, the newer document first). Type and project filters are FTS5 terms too
+(migrations/007), so they narrow before anything is ranked; and a query matching more than RANK_WINDOW
+documents is ranked among its RANK_WINDOW newest matches, which bounds a search's cost whatever it
+matches (bench/search_bench.py).
+
+What a search costs, and why it is built so: FTS5's bm25() counts, at its first call in a statement,
+the documents holding each of the query's phrases, by walking that phrase's matches over the whole
+index (however few rows the statement then scores). So a search runs bm25() in one statement only,
+which walks the matches newest first, scores the window's rows and stops (_ranked); the page's
+snippets come from a second statement that scores nothing (_page_rows). The floor under a query is
+that one walk: for a phrase of two common words, FTS5 reads every document holding both words.
 """
 
 from __future__ import annotations
@@ -22,8 +30,8 @@ TITLE_WEIGHT = 10.0
 BODY_WEIGHT = 1.0
 TAGS_WEIGHT = 0.0  # the filter tokens of migrations/007 never add to a score
 # bm25 costs time for every matching row, so ranking every match of a word found nearly everywhere is
-# slow (bench/search_bench.py measures it). Past this many matches, rank the newest ones only (a rowid
-# range FTS5 seeks to).
+# slow (bench/search_bench.py measures it). Past this many matches, rank the newest ones only (FTS5
+# walks matches newest first, and the walk stops there).
 RANK_WINDOW = 1_000
 SNIPPET_TOKENS = 16
 MARK_OPEN, MARK_CLOSE, ELLIPSIS = "<mark>", "</mark>", "…"
