@@ -184,7 +184,8 @@ async def _page_rows(db: Database, match: str, hits: list[tuple[int, float]], *,
 
     Found by one walk of the rowid range the page spans, snippets made for its rows only; or, with
     `seek`, by a lookup of each rowid (each a fresh FTS5 query, dearer than a step of a walk, but
-    cheaper when the walk would read many documents that do not match: _may_read_non_matches)."""
+    cheaper when the walk would read many documents that do not match: _may_read_non_matches). A
+    document deleted by a sync since _ranked read it is left out of the page."""
     if not hits:
         return []
     ids = [doc_id for doc_id, _ in hits]
