@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from sync.clock import SystemClock
@@ -204,8 +206,6 @@ CORPUS = [
 def bm25_order(db, query: str, kind: str | None = None, project_id: int | None = None) -> list[tuple]:
     """FTS5's own ranking of every match (the corpus is smaller than the window), with its snippets:
     (iid, note_id, score, snippet)."""
-    import sqlite3
-
     conn = sqlite3.connect(db.path)
     try:
         rows = conn.execute(
