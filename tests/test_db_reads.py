@@ -51,3 +51,16 @@ async def test_inline_reads_see_what_the_writer_committed(db: Database) -> None:
     async with db.transaction() as conn:
         await conn.execute("INSERT INTO locks (name, owner, acquired_at, heartbeat_at) VALUES ('x', 'me', 0, 0)")
     assert await db.fetchval("SELECT owner FROM locks WHERE name = 'x'") == "me"
+
+
+async def test_a_read_asked_off_the_loop_runs_only_on_the_reader_thread(db: Database) -> None:
+    # For a statement whose cost sits in one step the budget cannot interrupt (bm25()'s first call).
+    inline, reader = [], []
+    db._inline._conn.create_function("where_am_i", 0, lambda: inline.append(threading.get_ident()) or 1)
+    await db._reader.create_function("where_am_i", 0, lambda: reader.append(threading.get_ident()) or 1)
+
+    rows = await db.fetchall("SELECT where_am_i(), ? AS x", (7,), inline=False)
+
+    assert [tuple(r) for r in rows] == [(1, 7)] and rows[0]["x"] == 7
+    assert inline == [] and len(reader) == 1 and reader[0] != threading.get_ident()
+    assert db.reads_moved_to_thread == 0  # asked for, not moved over budget

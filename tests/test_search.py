@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from sync.clock import SystemClock
@@ -169,6 +171,104 @@ async def test_a_query_matching_more_than_the_window_is_ranked_among_its_newest_
     assert sorted(h.iid for h in page.items) == [3, 4, 5] and page.next_offset is None
     monkeypatch.setattr(search_module, "RANK_WINDOW", 5)
     assert (await search(db, "flaky", limit=10)).items[0].iid == 1
+
+
+async def test_equal_scores_put_the_newer_document_first_on_every_page(db):
+    await add_documents(db, *[("issue", 1, i, 0, f"Twin {i}", "identical quokka words") for i in range(1, 6)])
+    first = await search(db, "quokka", limit=2)
+    rest = await search(db, "quokka", limit=10, offset=2)
+    assert len({h.score for h in first.items + rest.items}) == 1
+    assert [h.iid for h in first.items + rest.items] == [5, 4, 3, 2, 1]
+
+
+async def test_an_exact_title_match_outside_the_window_still_comes_first(db, monkeypatch):
+    monkeypatch.setattr(search_module, "RANK_WINDOW", 3)
+    await add_documents(db, ("issue", 1, 1, 0, "Wombat", "the oldest"),
+                        *[("issue", 1, i, 0, f"Wombat number {i}", "wombat wombat") for i in range(2, 7)])
+    first = await search(db, "wombat", limit=2)
+    second = await search(db, "wombat", limit=2, offset=2)
+    assert [h.iid for h in first.items] == [1, 6] and first.next_offset == 2
+    assert [h.iid for h in second.items] == [5, 4] and second.next_offset is None
+
+
+CORPUS = [
+    ("issue", 1, 1, 0, "Cache stampede on deploy", "the cache falls over when every worker refills it"),
+    ("merge_request", 1, 2, 0, "Warm the cache before deploy", "cache warming, cache stampede avoided"),
+    ("note", 1, 1, 3, "Cache stampede on deploy", "seen again: cache stampede cache stampede"),
+    ("issue", 2, 4, 0, "Cache sizing", "how big should the cache be, cachet aside"),
+    ("issue", 2, 5, 0, "Login loop", "unrelated to caching at all, a cache mention in passing"),
+    ("merge_request", 2, 6, 0, "Stampede guard", "a lock per key stops the stampede of the cache"),
+    ("note", 2, 5, 7, "Login loop", "the login cache expires too early"),
+    ("issue", 1, 8, 0, "Sizing the deploy", "deploy sizing notes, no mention of the word"),
+]
+
+
+def bm25_order(db, query: str, kind: str | None = None, project_id: int | None = None) -> list[tuple]:
+    """FTS5's own ranking of every match (the corpus is smaller than the window), with its snippets:
+    (iid, note_id, score, snippet)."""
+    conn = sqlite3.connect(db.path)
+    try:
+        rows = conn.execute(
+            "SELECT d.iid, d.note_id, -bm25(documents_fts, 10.0, 1.0, 0.0),"
+            " snippet(documents_fts, 1, '<mark>', '</mark>', '…', 16) FROM documents_fts"
+            " JOIN documents d ON d.id = documents_fts.rowid WHERE documents_fts MATCH ?"
+            " ORDER BY bm25(documents_fts, 10.0, 1.0, 0.0), documents_fts.rowid DESC",
+            (search_module.scoped_query(fts_query(query), kind, project_id),),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(iid, note_id or None, float(f"{score:.6g}"), snippet) for iid, note_id, score, snippet in rows]
+
+
+@pytest.mark.parametrize("seek", [False, True])
+@pytest.mark.parametrize(
+    ("query", "filters"),
+    [
+        ("cache", {}),
+        ("cach*", {}),
+        ('"cache stampede"', {}),
+        ("cache OR sizing", {}),
+        ("NEAR(cache stampede, 2)", {}),
+        ("title:cache", {}),
+        ("cache NOT stampede", {}),
+        ("cache", {"project_id": 2}),
+        ("cache", {"kind": "note"}),
+        ("cache deploy", {"kind": "issue", "project_id": 1}),
+    ],
+)
+async def test_pages_follow_bm25s_own_order_and_scores_whichever_way_the_page_is_fetched(
+    db, monkeypatch, query, filters, seek
+):
+    await add_documents(db, *CORPUS)
+    monkeypatch.setattr(search_module, "_may_read_non_matches", lambda _query: seek)
+    expected = bm25_order(db, query, filters.get("kind"), filters.get("project_id"))
+    seen, offset = [], 0
+    while offset is not None:
+        page = await search(db, query, limit=2, offset=offset, **filters)
+        seen += [(h.iid, h.note_id, h.score, h.snippet) for h in page.items]
+        offset = page.next_offset
+    assert expected and seen == expected
+    assert any("<mark>" in snippet for *_, snippet in seen) or query.startswith("title:")
+
+
+@pytest.mark.parametrize(
+    ("text", "reads_non_matches"),
+    [
+        ("token", False),
+        ("token refresh", False),
+        ("tok* OR oauth", False),
+        ('"token"', False),
+        ('"token refresh"', True),
+        ("src/auth/session.py", True),  # quoted for FTS5: a phrase of four words
+        ("snake_case", True),  # one bare word, two tokens
+        ("NEAR(token refresh, 5)", True),
+        ("token NOT refresh", True),
+        ("title:token", True),
+        ("^token", True),
+    ],
+)
+def test_queries_that_can_make_fts5_read_documents_they_do_not_match_are_told_apart(text, reads_non_matches):
+    assert search_module._may_read_non_matches(fts_query(text)) is reads_non_matches
 
 
 # -- freshness through a real sync ------------------------------------------------------------------

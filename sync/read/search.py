@@ -2,10 +2,18 @@
 
 The query is FTS5 syntax passed through (phrases, AND/OR/NOT, prefix*, NEAR), except that words FTS5
 cannot take bare (src/auth/session.py, token-refresh) are quoted first; what is still malformed raises
-SearchQueryError (a 400). Ranking: exact title matches first, then bm25 with titles weighted 10 to 1.
-Type and project filters are FTS5 terms too (migrations/007), so they narrow before anything is
-ranked; and a query matching more than RANK_WINDOW documents is ranked among its RANK_WINDOW newest
-matches, which bounds a search's cost whatever it matches (bench/search_bench.py).
+SearchQueryError (a 400). Ranking: exact title matches first, then bm25 with titles weighted 10 to 1
+(of two equal scores, the newer document first). Type and project filters are FTS5 terms too
+(migrations/007), so they narrow before anything is ranked; and a query matching more than RANK_WINDOW
+documents is ranked among its RANK_WINDOW newest matches, which bounds a search's cost whatever it
+matches (bench/search_bench.py).
+
+What a search costs, and why it is built so: FTS5's bm25() counts, at its first call in a statement,
+the documents holding each of the query's phrases, by walking that phrase's matches over the whole
+index (however few rows the statement then scores). So a search runs bm25() in one statement only,
+which walks the matches newest first, scores the window's rows and stops (_ranked); the page's
+snippets come from a second statement that scores nothing (_page_rows). The floor under a query is
+that one walk: for a phrase of two common words, FTS5 reads every document holding both words.
 """
 
 from __future__ import annotations
@@ -22,8 +30,8 @@ TITLE_WEIGHT = 10.0
 BODY_WEIGHT = 1.0
 TAGS_WEIGHT = 0.0  # the filter tokens of migrations/007 never add to a score
 # bm25 costs time for every matching row, so ranking every match of a word found nearly everywhere is
-# slow (bench/search_bench.py measures it). Past this many matches, rank the newest ones only (a rowid
-# range FTS5 seeks to).
+# slow (bench/search_bench.py measures it). Past this many matches, rank the newest ones only (FTS5
+# walks matches newest first, and the walk stops there).
 RANK_WINDOW = 1_000
 SNIPPET_TOKENS = 16
 MARK_OPEN, MARK_CLOSE, ELLIPSIS = "<mark>", "</mark>", "…"
@@ -37,6 +45,8 @@ _TOKEN = re.compile(r'"(?:[^"]|"")*"|"[^"]*$|[(),]|[^\s"(),]+')
 # What FTS5 takes bare: a word (optionally a `title:`/`body:` column filter, `^` anchor, `*` prefix).
 _BAREWORD = re.compile(r"(?:(?:title|body):)?\^?\w+\*?")
 _OPERATORS = frozenset({"AND", "OR", "NOT", "NEAR", "+"})
+# A word as FTS5's unicode61 tokenizer sees it: letters and digits (an underscore separates).
+_FTS_WORD = re.compile(r"[^\W_]+")
 
 
 class SearchQueryError(ValueError):
@@ -104,29 +114,28 @@ async def search(
     """
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
-    match = scoped_query(fts_query(text), kind, project_id)
+    query = fts_query(text)
+    match = scoped_query(query, kind, project_id)
     exact = await _exact_title_hits(db, match, _plain(text), kind, project_id)
     head = exact[offset : offset + limit]
     wanted = limit - len(head)
-    window = await _window_start(db, match)
-    rest = await _ranked(db, match, window, [h[0] for h in exact], wanted + 1, max(0, offset - len(exact)))
-    rows = head + rest[:wanted]
-    more = len(rest) > wanted
+    ranked = await _ranked(db, match, {row[0] for row in exact}, wanted + 1, max(0, offset - len(exact)))
+    rest = await _page_rows(db, match, ranked[:wanted], seek=_may_read_non_matches(query))
     words = _query_words(text)
-    return SearchPage([_hit(row, words) for row in rows], offset + limit if more else None)
+    more = len(ranked) > wanted
+    return SearchPage([_hit(row, words) for row in head + rest], offset + limit if more else None)
 
 
-_SELECT = (
-    "SELECT d.id, d.kind, d.project_id, d.iid, d.note_id, d.parent_kind, d.title, d.web_url,"
+_BM25 = f"bm25(documents_fts, {TITLE_WEIGHT}, {BODY_WEIGHT}, {TAGS_WEIGHT})"
+# A document's fields and its snippet (made here instead when its body is long: SNIPPET_BODY_LIMIT).
+_DOCUMENT_COLUMNS = (
+    "d.id, d.kind, d.project_id, d.iid, d.note_id, d.parent_kind, d.title, d.web_url,"
     f" CASE WHEN length(d.body) <= {SNIPPET_BODY_LIMIT}"
-    f" THEN snippet(documents_fts, 1, ?, ?, ?, {SNIPPET_TOKENS}) END, documents_fts.rank,"
+    f" THEN snippet(documents_fts, 1, ?, ?, ?, {SNIPPET_TOKENS}) END,"
     f" CASE WHEN length(d.body) > {SNIPPET_BODY_LIMIT} THEN d.body END"
-    # CROSS JOIN keeps the FTS index in the outer loop, so FTS5 itself yields rows in rank order:
-    # no sort, and a snippet is made only for the rows returned (not for every match).
-    " FROM documents_fts CROSS JOIN documents d ON d.id = documents_fts.rowid"
-    " WHERE documents_fts MATCH ?"
-    f" AND documents_fts.rank MATCH 'bm25({TITLE_WEIGHT}, {BODY_WEIGHT}, {TAGS_WEIGHT})'"
 )
+# CROSS JOIN keeps the FTS index in the outer loop: FTS5 seeks to each wanted rowid.
+_FROM_MATCH = " FROM documents_fts CROSS JOIN documents d ON d.id = documents_fts.rowid WHERE documents_fts MATCH ?"
 
 
 def scoped_query(match: str, kind: str | None, project_id: int | None) -> str:
@@ -149,33 +158,67 @@ def _filters(kind: str | None, project_id: int | None) -> tuple[str, list[Any]]:
     return sql, params
 
 
-async def _window_start(db: Database, match: str) -> int:
-    """The lowest rowid among the RANK_WINDOW newest matches, or 0 when fewer match (rank them all).
+async def _ranked(db: Database, match: str, exclude: set[int], limit: int, offset: int) -> list[tuple[int, float]]:
+    """(rowid, bm25) of one page of the RANK_WINDOW newest matches, best first (of two equal scores,
+    the newer), leaving out `exclude`.
 
-    Walking matches newest first costs a fraction of a microsecond each; FTS5 stops at the window."""
+    One walk: FTS5 yields matches newest first, scoring each, and stops at the window, so only the
+    window is ever scored and nothing is walked twice; SQLite then sorts those rows (cheaper than
+    handing all of them to Python) and returns the page alone."""
+    window = (
+        f"SELECT rowid, {_BM25} AS score FROM documents_fts WHERE documents_fts MATCH ? ORDER BY rowid DESC LIMIT ?"
+    )
+    skip = f" WHERE rowid NOT IN ({','.join('?' * len(exclude))})" if exclude else ""
     rows = await _run(
         db,
-        "SELECT rowid FROM documents_fts WHERE documents_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?",
-        (match, RANK_WINDOW - 1),
+        f"SELECT rowid, score FROM ({window}){skip} ORDER BY score, rowid DESC LIMIT ? OFFSET ?",
+        (match, RANK_WINDOW, *exclude, limit, offset),
         match,
+        inline=False,
     )
-    return rows[0][0] if rows else 0
+    return [(row[0], row[1]) for row in rows]
 
 
-async def _ranked(
-    db: Database, match: str, window: int, exclude: list[int], limit: int, offset: int
-) -> list[sqlite3.Row]:
-    filters, params = " AND documents_fts.rowid >= ?", [window]
-    if exclude:
-        filters += f" AND d.id NOT IN ({','.join('?' * len(exclude))})"
-        params += exclude
-    sql = f"{_SELECT}{filters} ORDER BY documents_fts.rank LIMIT ? OFFSET ?"
-    return await _run(db, sql, (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, *params, limit, offset), match)
+async def _page_rows(db: Database, match: str, hits: list[tuple[int, float]], *, seek: bool) -> list[tuple]:
+    """The page's documents with their snippets, in the order of `hits`, each with its score.
+
+    Found by one walk of the rowid range the page spans, snippets made for its rows only; or, with
+    `seek`, by a lookup of each rowid (each a fresh FTS5 query, dearer than a step of a walk, but
+    cheaper when the walk would read many documents that do not match: _may_read_non_matches). A
+    document deleted by a sync since _ranked read it is left out of the page."""
+    if not hits:
+        return []
+    ids = [doc_id for doc_id, _ in hits]
+    marks = ",".join("?" * len(ids))
+    if seek:
+        where, params = f" AND documents_fts.rowid IN ({marks})", ids
+    else:
+        # `+` keeps the list out of FTS5's plan (it would look each one up): a filter on the walk.
+        where = f" AND documents_fts.rowid BETWEEN ? AND ? AND +documents_fts.rowid IN ({marks})"
+        params = [min(ids), max(ids), *ids]
+    sql = f"SELECT {_DOCUMENT_COLUMNS}{_FROM_MATCH}{where}"
+    # A page of lookups mostly outlasts the loop's read budget: tried there first, it would run twice.
+    rows = await _run(db, sql, (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, *params), match, inline=not seek)
+    by_id = {row[0]: tuple(row) for row in rows}
+    return [(*by_id[doc_id], score) for doc_id, score in hits if doc_id in by_id]
+
+
+def _may_read_non_matches(query: str) -> bool:
+    """Whether FTS5 may read many documents that do not match `query` (an fts_query) to find those
+    that do: for a phrase of two or more words (quoted, or one bare word its tokenizer splits, like
+    snake_case) it reads every document holding all the words, and likewise for NEAR, NOT, a column
+    filter or a ^ anchor. An approximation of the tokenizer is enough here: it only picks the plan."""
+    for token in _TOKEN.findall(query):
+        if token in ("NEAR", "NOT") or ":" in token or token.startswith("^"):
+            return True
+        if token not in _OPERATORS and len(_FTS_WORD.findall(token)) > 1:
+            return True
+    return False
 
 
 async def _exact_title_hits(
     db: Database, match: str, plain: str, kind: str | None, project_id: int | None
-) -> list[sqlite3.Row]:
+) -> list[tuple]:
     """Issues and MRs whose whole title is the query, that also match it (an index lookup each)."""
     if not plain or kind == "note":
         return []
@@ -190,14 +233,18 @@ async def _exact_title_hits(
     for (doc_id,) in ids:
         # One row each, by rowid: FTS5 seeks the doclists to it instead of walking every match.
         rows = await _run(
-            db, f"{_SELECT} AND documents_fts.rowid = ?", (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, doc_id), match
+            db,
+            f"SELECT {_DOCUMENT_COLUMNS}, {_BM25}{_FROM_MATCH} AND documents_fts.rowid = ?",
+            (MARK_OPEN, MARK_CLOSE, ELLIPSIS, match, doc_id),
+            match,
+            inline=False,
         )
-        hits += rows
+        hits += [tuple(row) for row in rows]
     return hits
 
 
-def _hit(row: sqlite3.Row, words: re.Pattern[str] | None) -> SearchHit:
-    _, kind, project_id, iid, note_id, parent_kind, title, web_url, snippet, rank, long_body = row
+def _hit(row: tuple, words: re.Pattern[str] | None) -> SearchHit:
+    _, kind, project_id, iid, note_id, parent_kind, title, web_url, snippet, long_body, rank = row
     if long_body is not None:
         snippet = _plain_snippet(long_body, words)
     score = -rank
@@ -214,9 +261,12 @@ def _hit(row: sqlite3.Row, words: re.Pattern[str] | None) -> SearchHit:
     )
 
 
-async def _run(db: Database, sql: str, params: tuple, match: str) -> list[sqlite3.Row]:
+async def _run(db: Database, sql: str, params: tuple, match: str, *, inline: bool = True) -> list[sqlite3.Row]:
+    """The rows, or SearchQueryError if the statement failed for the query's sake. `inline=False` for
+    a statement calling bm25(): its first call counts each phrase's matches over the whole index in
+    one step, which the event loop's read budget cannot cut short (sync/store/db.py)."""
     try:
-        return await db.fetchall(sql, params)
+        return await db.fetchall(sql, params, inline=inline)
     except sqlite3.OperationalError as exc:
         problem = match_error(match)
         if problem is not None:

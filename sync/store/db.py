@@ -11,7 +11,9 @@ here are index lookups of a fraction of a millisecond, and handing one to
 aiosqlite's thread and back cost more than the query (for a 100-issue page, the
 gateway's requests/s went from 0.51k to 0.98k when it stopped doing so). A read
 that runs longer is interrupted and runs again on the reader thread, so the loop
-is never held for longer than the budget.
+is never held for longer than the budget. SQLite can only interrupt between two
+steps of a statement, so a read whose cost sits in one step (an FTS5 auxiliary
+function) asks for the reader thread outright: `fetchall(..., inline=False)`.
 
 The mirror may hold confidential issues, so the data directory is 0700 and the database files 0600
 whatever the umask (see `make_private`).
@@ -160,9 +162,13 @@ class Database:
         """Reads that ran over INLINE_BUDGET on the event loop (or met a lock) and ran on the reader thread."""
         return self._inline.moved
 
-    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    async def fetchall(self, sql: str, params: Iterable[Any] = (), *, inline: bool = True) -> list[sqlite3.Row]:
+        """The rows of one read. `inline=False` sends it straight to the reader thread: for a statement
+        with one step the budget cannot cut short, such as an FTS5 query calling bm25(), which counts
+        every match of each of the query's phrases inside its first call (sync/read/search.py). Tried
+        on the loop, that step would hold the loop past the budget and then run again on the thread."""
         params = tuple(params)
-        rows = self._inline.fetchall(sql, params)
+        rows = self._inline.fetchall(sql, params) if inline else None
         if rows is None:
             rows = list(await self._reader.execute_fetchall(sql, params))
         return rows
