@@ -73,7 +73,7 @@ def bare_app() -> web.Application:
     return app
 
 
-def gateway_app(data_dir: Path) -> web.Application:
+def gateway_app(data_dir: Path, clients: int) -> web.Application:
     from gateway.app import create_app
     from gateway.keys import BUS
     from gateway.sse import STREAMS
@@ -84,6 +84,9 @@ def gateway_app(data_dir: Path) -> web.Application:
         "LORE_GATEWAY_AUTH_SIGNING_KEYS": "bench-key-0123456789abcdef0123456789abcdef",
         # Every client uses one token: the per-token limit stays on the path but must not be what is measured.
         "LORE_GATEWAY_RATELIMIT_API": "1000000/minute",
+        # Both caps stay on the path, set just above the fleet (the default total, 5000, is below a big run).
+        "LORE_GATEWAY_GATEWAY_MAX_SSE_CLIENTS": str(clients + 1),
+        "LORE_GATEWAY_GATEWAY_MAX_SSE_PER_TOKEN": str(clients + 1),
     })
     app = create_app(config)
 
@@ -101,8 +104,8 @@ def gateway_app(data_dir: Path) -> web.Application:
     return app
 
 
-async def serve(kind: str, data_dir: Path) -> None:
-    app = bare_app() if kind == "bare" else gateway_app(data_dir)
+async def serve(kind: str, data_dir: Path, clients: int) -> None:
+    app = bare_app() if kind == "bare" else gateway_app(data_dir, clients)
     # As `serve` runs it (gateway/server.py), so both servers pay what production pays.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
                            handler_cancellation=True)
@@ -126,10 +129,10 @@ async def _bench_token(app: web.Application) -> str:
 class Server:
     """One server in a child process; `stop()` ends it with SIGTERM."""
 
-    def __init__(self, kind: str, data_dir: Path) -> None:
+    def __init__(self, kind: str, data_dir: Path, clients: int) -> None:
         self.kind = kind
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--data-dir", str(data_dir)],
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--data-dir", str(data_dir),
+                                      "--clients", str(clients)], stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line.startswith("PORT "):
             self.proc.kill()
@@ -209,6 +212,8 @@ class Client(asyncio.Protocol):
         buffer = self.buffer + data
         if self.status_ok is None:
             self.status_ok = buffer.startswith(b"HTTP/1.1 200")
+            if not self.status_ok and not self.opened.done():
+                self.opened.set_result(None)  # refused (a cap, auth): connect_all says so at once
         if not self.opened.done() and b"event: " in buffer:
             self.opened.set_result(None)  # the first event (snapshot or hello) is arriving
         tally, end = self.tally[0], 0
@@ -311,7 +316,7 @@ async def measure(server: Server, clients: int, events: int, warmup: int) -> Pha
 
 
 def run_server(kind: str, data_dir: Path, clients: int, events: int, warmup: int) -> Phase:
-    server = Server(kind, data_dir)
+    server = Server(kind, data_dir, clients)
     try:
         return asyncio.run(measure(server, clients, events, warmup))
     finally:
@@ -374,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        asyncio.run(serve(args.serve, args.data_dir))
+        asyncio.run(serve(args.serve, args.data_dir, args.clients))
         return 0
     if args.quick:
         args.clients, args.events, args.warmup, args.rounds = 20, 20, 5, 1
