@@ -164,6 +164,7 @@ class EventBus:
         self._subscribers: set[Subscription] = set()
         self._listeners: list[Callable[[Event], None]] = []
         self._remote_listeners: list[Callable[[Event], None]] = []
+        self._fanouts: list[Callable[[Event], None]] = []
         self.dropped_subscribers = 0
 
     @property
@@ -216,7 +217,23 @@ class EventBus:
         for listener in self._remote_listeners:
             listener(event)
 
+    def add_fanout(self, deliver: Callable[[Event], None]) -> None:
+        """A synchronous callback for exactly what subscribers get: every event, in order, with its id
+        (on a shared bus: once the id is allocated, other processes' events included).
+
+        For a consumer that fans each event out to many clients at once instead of holding a queue for
+        each (the SSE streams, gateway/sse.py). It must not raise; the bus does not wait for anyone, so
+        it must not block either.
+        """
+        self._fanouts.append(deliver)
+
+    def remove_fanout(self, deliver: Callable[[Event], None]) -> None:
+        if deliver in self._fanouts:
+            self._fanouts.remove(deliver)
+
     def _deliver(self, event: Event) -> None:
+        for deliver in self._fanouts:
+            deliver(event)
         for sub in list(self._subscribers):
             try:
                 sub.queue.put_nowait(event)
