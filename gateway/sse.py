@@ -55,7 +55,9 @@ Frames = tuple[bytes, bytes]
 
 @dataclass(frozen=True)
 class StreamSettings:
-    max_backlog: int = 256 * 1024  # bytes a client may leave unsent in the gateway before it is cut off
+    # Bytes a client may leave unsent in the gateway (beyond the kernel's socket buffers) before it is cut
+    # off: the most a stalled client costs, as aiohttp's own writer waits past 64 KiB.
+    max_backlog: int = 64 * 1024
     send_timeout: float = 10.0  # a backlog that has not cleared for this long means the client stopped reading
     ping_interval: float = 15.0  # heartbeat comments; docs/api.md "Live events" promises at least every 15 s
     max_clients: int = GatewayConfig.max_sse_clients  # open streams in this process; beyond: 503

@@ -6,7 +6,9 @@ so reshaping an event is one edit here that every user of it sees.
 
 Publishing never blocks and never fails because of a subscriber: each one has a
 bounded queue, and one that falls behind is cut off (`overflowed`) rather than
-allowed to stall the sync or grow memory without bound. Events get monotonic
+allowed to stall the sync or grow memory without bound. A fan-out (`add_fanout`)
+gets each event synchronously instead, for a consumer that serves many clients
+and bounds each of them itself (the SSE streams). Events get monotonic
 ids and are kept in a bounded ring buffer so a reconnecting client can replay
 what it missed, or learn that it must re-read (the id has aged out).
 """
