@@ -140,9 +140,11 @@ def memory_route() -> Any:
             return web.json_response({})
         clients = int(request.query["clients"])
         grown = [d for d in snapshot.compare_to(marks[0], "lineno") if d.size_diff > 0]
-        total = sum(d.size_diff for d in snapshot.compare_to(marks[0], "filename"))
+        files = [d for d in snapshot.compare_to(marks[0], "filename") if d.size_diff > 0]
+        per_file = [(_site(d.traceback[0]).rsplit(":", 1)[0], d.size_diff / clients) for d in files[:10]]
         sites = [(_site(d.traceback[0]), d.size_diff / clients, d.count_diff / clients) for d in grown[:15]]
-        return web.json_response({"traced_bytes_per_stream": total / clients, "sites": sites})
+        return web.json_response({"traced_bytes_per_stream": sum(d.size_diff for d in files) / clients,
+                                  "files": per_file, "sites": sites})
 
     return memory
 
@@ -389,6 +391,7 @@ def print_memory(reports: dict[str, Any], clients: int) -> None:
         rss = report.get("rss_bytes_per_stream")
         print(f"{kind}: traced {report['traced_bytes_per_stream']:.0f} B/stream, RSS "
               f"{'n/a' if rss is None else f'{rss:.0f}'} B/stream")
+        print("  by file: " + ", ".join(f"{path} {size:.0f} B" for path, size in report["files"]))
         for site, size, count in report["sites"]:
             print(f"  {size:>8.0f} B {count:>5.1f} blocks  {site}")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import orjson
@@ -84,12 +84,15 @@ PING = frames(b": ping\r\n\r\n")
 class OpenStream:
     """One client's stream: where its bytes go, since when they have been backing up, and its end."""
 
-    __slots__ = ("behind_since", "chunked", "ended", "transport")
+    __slots__ = ("allowance", "behind_since", "chunked", "ended", "transport")
 
     def __init__(self, transport: asyncio.Transport, chunked: bool) -> None:
         self.transport = transport
         self.chunked = chunked
         self.behind_since: float | None = None  # the clock's monotonic time its backlog was first seen
+        # Bytes it may hold beyond max_backlog until its backlog first clears: its opening replay, written
+        # at once, must not get a reconnecting client cut off at the next event.
+        self.allowance = 0
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
@@ -115,8 +118,8 @@ class EventStreams:
 
     @property
     def behind(self) -> int:
-        """Open streams whose bytes are backing up in the gateway (seen at the last write)."""
-        return sum(1 for stream in self._open if stream.behind_since is not None)
+        """Open streams whose bytes are backing up in the gateway now."""
+        return sum(1 for stream in self._open if stream.transport.get_write_buffer_size())
 
     def encode(self, event: Event) -> Frames:
         """The event's bytes, serialized once however many clients get it.
@@ -133,11 +136,11 @@ class EventStreams:
                 del self._encoded[next(iter(self._encoded))]  # the oldest insertion
         return encoded
 
-    @contextlib.contextmanager
-    def admit(self, token_id: int) -> Iterator[None]:
-        """Hold a place for one stream of `token_id` while the block runs; ApiError 429 or 503 at a cap.
+    def admit(self, token_id: int) -> None:
+        """Hold a place for one stream of `token_id` until `release`; ApiError 429 or 503 at a cap.
 
-        Taken before the first await of the handler, so concurrent connects cannot overshoot a cap."""
+        Called before the first await of the handler, so concurrent connects cannot overshoot a cap. (A
+        method pair, not a context manager: a generator and its frame for every open stream add up.)"""
         settings = self.settings
         held = self._per_token.get(token_id, 0)
         if held >= settings.max_per_token:
@@ -151,23 +154,24 @@ class EventStreams:
                            "streams; try again later", headers={"Retry-After": str(RETRY_AFTER_FULL)})
         self._admitted += 1
         self._per_token[token_id] = held + 1
-        try:
-            yield
-        finally:
-            self._admitted -= 1
-            left = self._per_token[token_id] - 1
-            if left:
-                self._per_token[token_id] = left
-            else:
-                del self._per_token[token_id]
+
+    def release(self, token_id: int) -> None:
+        self._admitted -= 1
+        left = self._per_token[token_id] - 1
+        if left:
+            self._per_token[token_id] = left
+        else:
+            del self._per_token[token_id]
 
     def go_live(self, transport: asyncio.Transport, chunked: bool, opening: list[Event]) -> OpenStream:
         """Write the opening events and add the stream to the fan-out, in one step: call it with no await
         between computing `opening` and here, so no event falls between the replay and the live ones."""
+        encoded = frames(b"".join(self.encode(event)[0] for event in opening))
         stream = OpenStream(transport, chunked)
         self._open.add(stream)
         self.opened += 1
-        self._write_all(frames(b"".join(self.encode(event)[0] for event in opening)), [stream])
+        self._write_all(encoded, [stream])
+        stream.allowance = len(encoded[chunked])
         if self.closing:  # began after close_all ran: end it like the others
             self.end(stream)
         return stream
@@ -204,12 +208,17 @@ class EventStreams:
             backlog = transport.get_write_buffer_size()
             if not backlog:
                 stream.behind_since = None
-            elif backlog > limit or (stream.behind_since is not None and now - stream.behind_since >= patience):
+                stream.allowance = 0
+            elif backlog > limit + stream.allowance or (
+                    stream.behind_since is not None and now - stream.behind_since >= patience):
                 lagging.append(stream)
                 continue
             elif stream.behind_since is None:
                 stream.behind_since = now
-            transport.write(encoded[stream.chunked])
+            try:
+                transport.write(encoded[stream.chunked])
+            except (OSError, RuntimeError):  # the loop's word for a transport that is going away
+                gone.append(stream)
         for stream in gone:
             self.end(stream)
         for stream in lagging:
@@ -302,8 +311,12 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     streams = request.app[STREAMS]
     if streams.closing:
         raise ApiError(503, "not_ready", "the gateway is shutting down")
-    with streams.admit(request[PRINCIPAL].token_id):
+    token_id = request[PRINCIPAL].token_id
+    streams.admit(token_id)
+    try:
         return await _stream(request, streams)
+    finally:
+        streams.release(token_id)
 
 
 async def _stream(request: web.Request, streams: EventStreams) -> web.StreamResponse:

@@ -452,6 +452,19 @@ async def test_a_client_that_falls_behind_a_burst_is_cut_off_and_replays_the_res
     assert [r.id for r in received + rest] == [str(e.id) for e in burst]
 
 
+async def test_a_replay_larger_than_the_backlog_limit_does_not_get_a_reading_client_cut_off(live: Live) -> None:
+    token = await live.token("read")
+    first = live.bus.publish("sync.started", {"run_id": 1})
+    pad = "x" * 8_000  # 2000 of them: more than the kernel's socket buffers on both ends take at once
+    replayed = [live.bus.publish("data.changed", {"project_id": 1, "iids": [n], "pad": pad}) for n in range(2000)]
+    stream = await live.connected(token, last_event_id=str(first.id))
+    assert live.streams.behind == 1  # the replay is backing up in the gateway, far past max_backlog
+    after = live.bus.publish("sync.finished", {"run_id": 1})
+    received = [await stream.next() for _ in range(len(replayed) + 1)]
+    assert [r.id for r in received] == [str(e.id) for e in [*replayed, after]]
+    assert live.streams.dropped == 0
+
+
 async def test_a_client_whose_backlog_passes_the_mark_is_cut_off_while_another_keeps_receiving(
     live: Live,
 ) -> None:
