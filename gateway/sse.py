@@ -186,10 +186,10 @@ class EventStreams:
         if self._open:
             self._write_all(PING, self._open)
 
-    async def beat(self, clock: Clock) -> None:
+    async def beat(self) -> None:
         """The one heartbeat timer of the app (docs/api.md "Live events": at least every ping_interval)."""
         while True:
-            await clock.sleep(self.settings.ping_interval)
+            await self.clock.sleep(self.settings.ping_interval)
             self.heartbeat()
 
     def _write_all(self, encoded: Frames, streams: set[OpenStream] | list[OpenStream]) -> None:
@@ -362,7 +362,7 @@ async def _fan_out(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: the bus feeds the streams, and the heartbeat timer runs, while the app does."""
     streams, bus = app[STREAMS], app[BUS]
     bus.add_fanout(streams.deliver)
-    beating = asyncio.create_task(streams.beat(app[CLOCK]))
+    beating = asyncio.create_task(streams.beat())
     try:
         yield
     finally:

@@ -537,6 +537,53 @@ async def stalled_connection_is_closed(stalled: tuple[asyncio.StreamReader, asyn
     writer.close()
 
 
+async def test_a_stream_asks_the_kernel_to_drop_a_peer_that_stops_acknowledging_after_the_send_timeout(
+    live: Live,
+) -> None:
+    await live.connected(await live.token("read"))
+    (stream,) = live.streams._open
+    sock = stream.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == live.streams.settings.send_timeout * 1000
+
+
+def test_on_uvloop_the_default_loop_streams_are_fed_and_a_stalled_client_is_cut_off(tmp_path: Path) -> None:
+    import uvloop
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        app = create_app(gateway_config(tmp_path / "data"), clock=clock)
+        server = Server(app)
+        url = await server.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                live = Live(app, url, session, clock)
+                live.streams.settings = StreamSettings(max_backlog=64 * 1024)
+                token = await live.token("read")
+                stalled = await stalled_client(live, token)
+                reader = await live.connected(token)
+                await wait_until(lambda: live.streams.connected == 2)
+                sockets = [s.transport.get_extra_info("socket") for s in live.streams._open]
+                assert [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) for s in sockets] == [10_000] * 2
+                sent = 0
+                while live.streams.dropped == 0:
+                    assert sent < 5000, "the stalled client was never cut off"
+                    event = live.bus.publish("data.changed", {"iids": [sent], "pad": "x" * 32_000})
+                    assert (await reader.next()).id == str(event.id)
+                    sent += 1
+                reading = asyncio.ensure_future(reader.next())
+                await live.clock.advance(StreamSettings().ping_interval)  # the app's one heartbeat timer
+                await wait_until(lambda: reader.comments == ["ping"])
+                reading.cancel()
+                await stalled_connection_is_closed(stalled)
+                reader.close()
+        finally:
+            await server.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert "uvloop" in type(runner.get_loop()).__module__
+        runner.run(scenario())
+
+
 # -- shutdown -------------------------------------------------------------------------------------------
 
 
