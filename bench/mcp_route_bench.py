@@ -184,7 +184,7 @@ def _import_cost() -> dict[str, Any]:
 
 
 # pyproject.toml's dependencies without mcp: what the gateway installs without route A.
-_OUR_DEPENDENCIES = ("aiohttp", "aiohttp-sse", "aiosqlite", "itsdangerous", "limits", "numpy", "orjson",
+_OUR_DEPENDENCIES = ("aiohttp", "aiosqlite", "itsdangerous", "limits", "numpy", "orjson",
                      "prometheus-client", "redis")
 
 

@@ -1,19 +1,22 @@
 """SSE fan-out: N clients on one server process, M events published; the gateway beside a bare baseline.
 
 The baseline is a bare aiohttp-sse handler per client, fed by a plain loop that puts each event into every
-client's (unbounded) queue. The gateway is the real app (`GET /api/v1/events`: auth, the event bus, bounded
-queues, a pump per client) with a bench-only route that publishes on its bus. Both publish the same way: one
+client's (unbounded) queue. The gateway is the real app (`GET /api/v1/events`: auth, both stream caps, the
+event bus's fan-out writing to every stream, the slow-client checks) with a bench-only route that publishes
+on its bus. Both publish the same way: one
 event, then yield once, so each event is fanned out before the next and the pace is the server's own.
 Each server runs in a child process; the clients (raw asyncio protocols, cheap enough not to be what is
 measured) run in this one. Latency is receipt minus publication, both on the system-wide monotonic clock.
 
     python bench/sse_bench.py [--clients N] [--events M] [--rounds R] [--quick] [--json]
+    python bench/sse_bench.py --memory [--clients N]   # where each open stream's bytes go (tracemalloc)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +77,7 @@ def bare_app() -> web.Application:
     return app
 
 
-def gateway_app(data_dir: Path) -> web.Application:
+def gateway_app(data_dir: Path, clients: int) -> web.Application:
     from gateway.app import create_app
     from gateway.keys import BUS
     from gateway.sse import STREAMS
@@ -84,6 +88,9 @@ def gateway_app(data_dir: Path) -> web.Application:
         "LORE_GATEWAY_AUTH_SIGNING_KEYS": "bench-key-0123456789abcdef0123456789abcdef",
         # Every client uses one token: the per-token limit stays on the path but must not be what is measured.
         "LORE_GATEWAY_RATELIMIT_API": "1000000/minute",
+        # Both caps stay on the path, set just above the fleet (the default total, 5000, is below a big run).
+        "LORE_GATEWAY_GATEWAY_MAX_SSE_CLIENTS": str(clients + 1),
+        "LORE_GATEWAY_GATEWAY_MAX_SSE_PER_TOKEN": str(clients + 1),
     })
     app = create_app(config)
 
@@ -101,8 +108,11 @@ def gateway_app(data_dir: Path) -> web.Application:
     return app
 
 
-async def serve(kind: str, data_dir: Path) -> None:
-    app = bare_app() if kind == "bare" else gateway_app(data_dir)
+async def serve(kind: str, data_dir: Path, clients: int, trace: bool) -> None:
+    app = bare_app() if kind == "bare" else gateway_app(data_dir, clients)
+    if trace:
+        tracemalloc.start()
+        app.router.add_post("/bench/memory", memory_route())
     # As `serve` runs it (gateway/server.py), so both servers pay what production pays.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0,
                            handler_cancellation=True)
@@ -117,6 +127,37 @@ async def serve(kind: str, data_dir: Path) -> None:
     await runner.cleanup()
 
 
+def memory_route() -> Any:
+    """`POST /bench/memory?clients=N`: the first call marks, the next one reports what was allocated since,
+    per client, by the source line that allocated it (Python's allocations only: not the C libraries')."""
+    marks: list[tracemalloc.Snapshot] = []
+
+    async def memory(request: web.Request) -> web.Response:
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        if not marks:
+            marks.append(snapshot)
+            return web.json_response({})
+        clients = int(request.query["clients"])
+        grown = [d for d in snapshot.compare_to(marks[0], "lineno") if d.size_diff > 0]
+        files = [d for d in snapshot.compare_to(marks[0], "filename") if d.size_diff > 0]
+        per_file = [(_site(d.traceback[0]).rsplit(":", 1)[0], d.size_diff / clients) for d in files[:10]]
+        sites = [(_site(d.traceback[0]), d.size_diff / clients, d.count_diff / clients) for d in grown[:15]]
+        return web.json_response({"traced_bytes_per_stream": sum(d.size_diff for d in files) / clients,
+                                  "files": per_file, "sites": sites})
+
+    return memory
+
+
+def _site(frame: tracemalloc.Frame) -> str:
+    path = frame.filename
+    for marker in ("site-packages/", "/lib/python3", str(Path(__file__).resolve().parent.parent) + "/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{path}:{frame.lineno}"
+
+
 async def _bench_token(app: web.Application) -> str:
     from gateway.auth import TOKENS
 
@@ -126,9 +167,10 @@ async def _bench_token(app: web.Application) -> str:
 class Server:
     """One server in a child process; `stop()` ends it with SIGTERM."""
 
-    def __init__(self, kind: str, data_dir: Path) -> None:
+    def __init__(self, kind: str, data_dir: Path, clients: int, *, trace: bool = False) -> None:
         self.kind = kind
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--data-dir", str(data_dir)],
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--data-dir", str(data_dir),
+                                      "--clients", str(clients), *(["--trace"] if trace else [])],
                                      stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if not line.startswith("PORT "):
@@ -209,6 +251,8 @@ class Client(asyncio.Protocol):
         buffer = self.buffer + data
         if self.status_ok is None:
             self.status_ok = buffer.startswith(b"HTTP/1.1 200")
+            if not self.status_ok and not self.opened.done():
+                self.opened.set_result(None)  # refused (a cap, auth): connect_all says so at once
         if not self.opened.done() and b"event: " in buffer:
             self.opened.set_result(None)  # the first event (snapshot or hello) is arriving
         tally, end = self.tally[0], 0
@@ -310,8 +354,50 @@ async def measure(server: Server, clients: int, events: int, warmup: int) -> Pha
     )
 
 
+async def breakdown(server: Server, clients: int) -> dict[str, Any]:
+    """Connect the fleet between two marks of the server's tracemalloc: what one idle open stream holds."""
+    url = f"http://127.0.0.1:{server.port}/bench/memory"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url) as answer:
+            assert answer.status == 200, await answer.text()
+        rss_before = server.rss_kb()
+        fleet = await connect_all(server.port, server.token, clients, [Tally()])
+        rss_after = server.rss_kb()
+        async with session.post(url, params={"clients": str(clients)}) as answer:
+            report: dict[str, Any] = await answer.json()
+    for client in fleet:
+        if client.transport is not None:
+            client.transport.close()
+    if rss_before is not None and rss_after is not None:
+        report["rss_bytes_per_stream"] = (rss_after - rss_before) * 1024 / clients
+    return report
+
+
+def memory_report(data_dir: Path, clients: int) -> dict[str, Any]:
+    reports = {}
+    for kind in ("bare", "gateway"):
+        server = Server(kind, data_dir / kind, clients, trace=True)
+        try:
+            reports[kind] = asyncio.run(breakdown(server, clients))
+        finally:
+            server.stop()
+    return reports
+
+
+def print_memory(reports: dict[str, Any], clients: int) -> None:
+    print(f"Memory of one idle open stream, {clients} clients (tracemalloc: Python allocations by source line;"
+          " RSS includes the C libraries' and the allocator's overhead)")
+    for kind, report in reports.items():
+        rss = report.get("rss_bytes_per_stream")
+        print(f"{kind}: traced {report['traced_bytes_per_stream']:.0f} B/stream, RSS "
+              f"{'n/a' if rss is None else f'{rss:.0f}'} B/stream")
+        print("  by file: " + ", ".join(f"{path} {size:.0f} B" for path, size in report["files"]))
+        for site, size, count in report["sites"]:
+            print(f"  {size:>8.0f} B {count:>5.1f} blocks  {site}")
+
+
 def run_server(kind: str, data_dir: Path, clients: int, events: int, warmup: int) -> Phase:
-    server = Server(kind, data_dir)
+    server = Server(kind, data_dir, clients)
     try:
         return asyncio.run(measure(server, clients, events, warmup))
     finally:
@@ -370,11 +456,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="bare-then-gateway rounds; the median is shown")
     parser.add_argument("--quick", action="store_true", help="20 clients x 20 events, one round (the test suite)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument("--memory", action="store_true",
+                        help="instead of the fan-out: where each idle stream's memory goes, both servers")
+    parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", choices=("bare", "gateway"), help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        asyncio.run(serve(args.serve, args.data_dir))
+        asyncio.run(serve(args.serve, args.data_dir, args.clients, args.trace))
+        return 0
+    if args.memory:
+        with tempfile.TemporaryDirectory(prefix="sse-bench-") as tmp:
+            reports = memory_report(Path(tmp), args.clients)
+        if args.json:
+            print(json.dumps(reports))
+        else:
+            print_memory(reports, args.clients)
         return 0
     if args.quick:
         args.clients, args.events, args.warmup, args.rounds = 20, 20, 5, 1

@@ -272,6 +272,9 @@ class GatewayCollector(Collector):
                                   value=streams.opened)
         yield CounterMetricFamily(PREFIX + "sse_clients_dropped", "Event streams cut off because the client "
                                   "did not keep up.", value=streams.dropped)
+        yield GaugeMetricFamily(PREFIX + "sse_clients_behind", "Open event streams whose unsent bytes are "
+                                "backing up in the gateway; past a limit they are cut off (docs/api.md).",
+                                value=streams.behind)
         refused = CounterMetricFamily(PREFIX + "sse_streams_refused", "Event streams refused at a cap (token: "
                                       "gateway.max_sse_per_token, 429; total: gateway.max_sse_clients, 503).",
                                       labels=["cap"])

@@ -6,7 +6,9 @@ so reshaping an event is one edit here that every user of it sees.
 
 Publishing never blocks and never fails because of a subscriber: each one has a
 bounded queue, and one that falls behind is cut off (`overflowed`) rather than
-allowed to stall the sync or grow memory without bound. Events get monotonic
+allowed to stall the sync or grow memory without bound. A fan-out (`add_fanout`)
+gets each event synchronously instead, for a consumer that serves many clients
+and bounds each of them itself (the SSE streams). Events get monotonic
 ids and are kept in a bounded ring buffer so a reconnecting client can replay
 what it missed, or learn that it must re-read (the id has aged out).
 """
@@ -164,6 +166,7 @@ class EventBus:
         self._subscribers: set[Subscription] = set()
         self._listeners: list[Callable[[Event], None]] = []
         self._remote_listeners: list[Callable[[Event], None]] = []
+        self._fanouts: list[Callable[[Event], None]] = []
         self.dropped_subscribers = 0
 
     @property
@@ -216,7 +219,23 @@ class EventBus:
         for listener in self._remote_listeners:
             listener(event)
 
+    def add_fanout(self, deliver: Callable[[Event], None]) -> None:
+        """A synchronous callback for exactly what subscribers get: every event, in order, with its id
+        (on a shared bus: once the id is allocated, other processes' events included).
+
+        For a consumer that fans each event out to many clients at once instead of holding a queue for
+        each (the SSE streams, gateway/sse.py). It must not raise; the bus does not wait for anyone, so
+        it must not block either.
+        """
+        self._fanouts.append(deliver)
+
+    def remove_fanout(self, deliver: Callable[[Event], None]) -> None:
+        if deliver in self._fanouts:
+            self._fanouts.remove(deliver)
+
     def _deliver(self, event: Event) -> None:
+        for deliver in self._fanouts:
+            deliver(event)
         for sub in list(self._subscribers):
             try:
                 sub.queue.put_nowait(event)

@@ -185,6 +185,7 @@ async def test_sse_clients_are_read_from_the_streams_counters(gateway: TestClien
     assert samples[("lore_gateway_sse_clients", ())] == 0
     assert samples[("lore_gateway_sse_streams_opened_total", ())] == 5
     assert samples[("lore_gateway_sse_clients_dropped_total", ())] == 2
+    assert samples[("lore_gateway_sse_clients_behind", ())] == 0
 
 
 # -- sync runs ----------------------------------------------------------------------------------------

@@ -148,6 +148,15 @@ async def wait_until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
+async def wait_until_connected(live: Live, count: int) -> None:
+    """Until `count` streams are open. Without handler_cancellation a closed client is noticed at the next
+    write to it, so each check writes a heartbeat first."""
+    def settled() -> bool:
+        live.streams.heartbeat()
+        return live.streams.connected == count
+    await wait_until(settled)
+
+
 class Server:
     """web.AppRunner + TCPSite on 127.0.0.1; `stop()` is the shutdown `serve` performs."""
 
@@ -267,12 +276,21 @@ async def test_an_id_the_bus_never_gave_out_gets_a_reset(live: Live, last_event_
     assert (reset.event, reset.data["reason"]) == ("reset", reason)
 
 
-def test_the_opening_replay_ends_at_the_newest_id_so_live_duplicates_are_skipped() -> None:
+def test_without_a_last_event_id_the_opening_replays_what_was_published_while_the_stream_opened() -> None:
     bus = EventBus(buffer_size=8)
     events = [bus.publish("e", {"n": n}) for n in range(5)]
-    assert opening_events(bus, None) == ([], events[-1].id)
-    assert opening_events(bus, str(events[1].id)) == (events[2:], events[-1].id)
-    assert opening_events(bus, str(events[-1].id)) == ([], events[-1].id)
+    assert opening_events(bus, None) == []
+    assert opening_events(bus, None, newest_at_connect=events[2].id) == events[3:]
+    assert opening_events(bus, None, newest_at_connect=events[-1].id) == []
+    assert opening_events(bus, str(events[1].id), newest_at_connect=events[-1].id) == events[2:]
+
+
+def test_a_client_without_a_last_event_id_is_never_sent_a_reset() -> None:
+    bus = EventBus(buffer_size=4)
+    for n in range(10):
+        bus.publish("e", {"n": n})
+    assert opening_events(bus, None, newest_at_connect=1) == []  # aged out while it opened: nothing to say
+    assert opening_events(bus, " ", newest_at_connect=99) == []
 
 
 def test_an_event_is_encoded_once_and_a_reset_sharing_its_id_keeps_its_own_data() -> None:
@@ -281,7 +299,10 @@ def test_an_event_is_encoded_once_and_a_reset_sharing_its_id_keeps_its_own_data(
     event = bus.publish("sync.started", {"run_id": 1})
     reset = Event("reset", {"reason": "aged_out"}, event.id)
     assert streams.encode(event) is streams.encode(event)
-    assert (streams.encode(reset), streams.encode(event)) == ('{"reason":"aged_out"}', '{"run_id":1}')
+    plain, chunked = streams.encode(reset)
+    assert plain == b'id: 1\r\nevent: reset\r\ndata: {"reason":"aged_out"}\r\n\r\n'
+    assert chunked == b"%x\r\n" % len(plain) + plain + b"\r\n"  # one HTTP/1.1 chunk
+    assert streams.encode(event)[0] == b'id: 1\r\nevent: sync.started\r\ndata: {"run_id":1}\r\n\r\n'
 
 
 async def test_without_a_scheduler_the_snapshot_is_read_from_the_database(tmp_path: Path, server_for: Any
@@ -343,7 +364,7 @@ async def ticket_for(live: Live, token: str) -> str:
 async def test_a_token_at_its_stream_cap_gets_429_with_retry_after_and_its_tickets_count_toward_it(
     live: Live
 ) -> None:
-    live.streams.settings = StreamSettings(max_per_token=2, ping_interval=0.05)
+    live.streams.settings = StreamSettings(max_per_token=2)
     token = await live.token("read")
     by_token = await live.connected(token)
     await live.connected("", params={"ticket": await ticket_for(live, token)})
@@ -357,7 +378,7 @@ async def test_a_token_at_its_stream_cap_gets_429_with_retry_after_and_its_ticke
     assert live.streams.refused_token == 2
     assert (await live.open(await live.token("read"))).status == 200  # another token has its own cap
     by_token.close()  # a closed stream frees its place
-    await wait_until(lambda: live.streams.connected == 2)
+    await wait_until_connected(live, 2)
     assert (await live.open(token)).status == 200
 
 
@@ -385,45 +406,69 @@ def test_the_default_heartbeat_is_at_most_every_fifteen_seconds() -> None:
     assert StreamSettings().ping_interval <= 15
 
 
-async def test_an_idle_stream_carries_heartbeat_comments(live: Live) -> None:
-    live.streams.settings = StreamSettings(ping_interval=0.05)
-    stream = await live.connected(await live.token("read"))
-    reading = asyncio.ensure_future(stream.next())
-    await wait_until(lambda: len(stream.comments) >= 2)
-    reading.cancel()
-    assert stream.comments[:2] == ["ping", "ping"]
+async def test_one_heartbeat_timer_reaches_every_idle_stream(live: Live) -> None:
+    streams = [await live.connected(await live.token("read")) for _ in range(3)]
+    readers = [asyncio.ensure_future(stream.next()) for stream in streams]
+    assert isinstance(live.clock, FakeClock)
+    await live.clock.advance(StreamSettings().ping_interval)
+    await wait_until(lambda: all(stream.comments == ["ping"] for stream in streams))
+    await live.clock.advance(StreamSettings().ping_interval)
+    await wait_until(lambda: all(stream.comments == ["ping", "ping"] for stream in streams))
+    for reader in readers:
+        reader.cancel()
+    assert live.streams.dropped == 0
 
 
 async def test_connected_counts_open_streams_and_a_closed_client_is_forgotten(live: Live) -> None:
-    live.streams.settings = StreamSettings(ping_interval=0.05)  # a gone client is noticed at the next ping
     token = await live.token("read")
-    first, _second = await live.connected(token), await live.connected(token)
+    first, second = await live.connected(token), await live.connected(token)
     assert (live.streams.connected, live.streams.opened) == (2, 2)
     first.close()
-    await wait_until(lambda: live.streams.connected == 1)
-    assert (live.bus.subscriber_count, live.streams.dropped) == (1, 0)
+    await wait_until_connected(live, 1)
+    assert live.streams.dropped == 0
+    event = live.bus.publish("sync.started", {"run_id": 1})
+    assert (await second.next()).id == str(event.id)  # the other stream goes on
 
 
 async def test_a_client_that_falls_behind_a_burst_is_cut_off_and_replays_the_rest_on_reconnect(
     live: Live,
 ) -> None:
-    live.streams.settings = StreamSettings(queue_size=4)
+    live.streams.settings = StreamSettings(max_backlog=64 * 1024)
     token = await live.token("read")
-    stream = await live.connected(token)
-    burst = [live.bus.publish("data.changed", {"project_id": 1, "kind": "issue", "iids": [n]})
-             for n in range(10)]  # no await between: ten events land in a four-event queue
+    stream = await live.connected(token)  # reads nothing while the burst goes out
+    pad = "x" * 32_000
+    burst = []
+    while live.streams.dropped == 0:  # no await: the kernel's buffers fill, then the transport's
+        assert len(burst) < 1500, "the client was never cut off"
+        burst.append(live.bus.publish("data.changed", {"project_id": 1, "iids": [len(burst)], "pad": pad}))
+    assert live.streams.connected == 0
     received = []
-    with pytest.raises(EOFError):
+    with pytest.raises((EOFError, aiohttp.ClientPayloadError, ConnectionResetError)):
         while True:
             received.append(await stream.next())
-    assert live.streams.dropped == 1
+    assert 0 < len(received) < len(burst)
     again = await live.connected(token, last_event_id=received[-1].id)
     rest = [await again.next() for _ in range(len(burst) - len(received))]
     assert [r.id for r in received + rest] == [str(e.id) for e in burst]
 
 
-async def test_a_client_that_stops_reading_is_disconnected_while_another_keeps_receiving(live: Live) -> None:
-    live.streams.settings = StreamSettings(queue_size=8, send_timeout=0.5)
+async def test_a_replay_larger_than_the_backlog_limit_does_not_get_a_reading_client_cut_off(live: Live) -> None:
+    token = await live.token("read")
+    first = live.bus.publish("sync.started", {"run_id": 1})
+    pad = "x" * 8_000  # 2000 of them: more than the kernel's socket buffers on both ends take at once
+    replayed = [live.bus.publish("data.changed", {"project_id": 1, "iids": [n], "pad": pad}) for n in range(2000)]
+    stream = await live.connected(token, last_event_id=str(first.id))
+    assert live.streams.behind == 1  # the replay is backing up in the gateway, far past max_backlog
+    after = live.bus.publish("sync.finished", {"run_id": 1})
+    received = [await stream.next() for _ in range(len(replayed) + 1)]
+    assert [r.id for r in received] == [str(e.id) for e in [*replayed, after]]
+    assert live.streams.dropped == 0
+
+
+async def test_a_client_whose_backlog_passes_the_mark_is_cut_off_while_another_keeps_receiving(
+    live: Live,
+) -> None:
+    live.streams.settings = StreamSettings(max_backlog=64 * 1024)
     token = await live.token("read")
     stalled = await stalled_client(live, token)
     reader = await live.connected(token)
@@ -438,6 +483,34 @@ async def test_a_client_that_stops_reading_is_disconnected_while_another_keeps_r
     after = live.bus.publish("sync.finished", {"run_id": 1})
     assert (await reader.next()).id == str(after.id)
     assert live.streams.connected == 1
+    await stalled_connection_is_closed(stalled)
+
+
+async def test_a_client_whose_backlog_does_not_clear_for_the_send_timeout_is_cut_off_at_a_heartbeat(
+    live: Live,
+) -> None:
+    settings = live.streams.settings = StreamSettings(max_backlog=1 << 30, send_timeout=10.0)
+    token = await live.token("read")
+    stalled = await stalled_client(live, token)
+    reader = await live.connected(token)
+    await wait_until(lambda: live.streams.connected == 2)
+    pad = "x" * 32_000
+    sent = 0
+    while live.streams.behind == 0:  # until the stalled client's bytes back up in the gateway
+        assert sent < 5000, "the stalled client never fell behind"
+        event = live.bus.publish("data.changed", {"project_id": 1, "iids": [sent], "pad": pad})
+        assert (await reader.next()).id == str(event.id)
+        sent += 1
+    assert live.streams.dropped == 0  # far below max_backlog: only time can tell
+    assert isinstance(live.clock, FakeClock)
+    await live.clock.advance(settings.send_timeout / 2)
+    live.streams.heartbeat()
+    assert live.streams.dropped == 0  # not yet
+    await live.clock.advance(settings.ping_interval)  # the timer's heartbeat, past the send timeout
+    assert (live.streams.dropped, live.streams.connected) == (1, 1)
+    after = live.bus.publish("sync.finished", {"run_id": 1})
+    assert (await reader.next()).id == str(after.id)  # the reader, which keeps up, stays
+    assert reader.comments  # and it got the heartbeat that ended the other
     await stalled_connection_is_closed(stalled)
 
 
@@ -462,6 +535,53 @@ async def stalled_connection_is_closed(stalled: tuple[asyncio.StreamReader, asyn
     except ConnectionResetError:
         pass  # aborted: what a cut-off client sees
     writer.close()
+
+
+async def test_a_stream_asks_the_kernel_to_drop_a_peer_that_stops_acknowledging_after_the_send_timeout(
+    live: Live,
+) -> None:
+    await live.connected(await live.token("read"))
+    (stream,) = live.streams._open
+    sock = stream.transport.get_extra_info("socket")
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == live.streams.settings.send_timeout * 1000
+
+
+def test_on_uvloop_the_default_loop_streams_are_fed_and_a_stalled_client_is_cut_off(tmp_path: Path) -> None:
+    import uvloop
+
+    async def scenario() -> None:
+        clock = FakeClock()
+        app = create_app(gateway_config(tmp_path / "data"), clock=clock)
+        server = Server(app)
+        url = await server.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                live = Live(app, url, session, clock)
+                live.streams.settings = StreamSettings(max_backlog=64 * 1024)
+                token = await live.token("read")
+                stalled = await stalled_client(live, token)
+                reader = await live.connected(token)
+                await wait_until(lambda: live.streams.connected == 2)
+                sockets = [s.transport.get_extra_info("socket") for s in live.streams._open]
+                assert [s.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) for s in sockets] == [10_000] * 2
+                sent = 0
+                while live.streams.dropped == 0:
+                    assert sent < 5000, "the stalled client was never cut off"
+                    event = live.bus.publish("data.changed", {"iids": [sent], "pad": "x" * 32_000})
+                    assert (await reader.next()).id == str(event.id)
+                    sent += 1
+                reading = asyncio.ensure_future(reader.next())
+                await live.clock.advance(StreamSettings().ping_interval)  # the app's one heartbeat timer
+                await wait_until(lambda: reader.comments == ["ping"])
+                reading.cancel()
+                await stalled_connection_is_closed(stalled)
+                reader.close()
+        finally:
+            await server.stop()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert "uvloop" in type(runner.get_loop()).__module__
+        runner.run(scenario())
 
 
 # -- shutdown -------------------------------------------------------------------------------------------
@@ -528,3 +648,28 @@ async def seed_a_fresh_mirror(config: Config) -> None:
         await runs.finish(await runs.start("manual", "balanced", "earlier"), "succeeded", {}, [])
     finally:
         await db.close()
+
+
+# -- framing ----------------------------------------------------------------------------------------------
+
+
+async def test_an_http_1_0_client_gets_the_events_unchunked_until_the_connection_ends(live: Live) -> None:
+    host, port = live.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    token = await live.token("read")
+    writer.write(f"GET {PATH} HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SETTLE)
+    assert head.startswith(b"HTTP/1.0 200") and b"Transfer-Encoding" not in head
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SETTLE)).startswith(b"event: scheduler.state\r\n")
+    await wait_until(lambda: live.streams.connected == 1)
+    event = live.bus.publish("sync.started", {"run_id": 7})
+    body = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), SETTLE)
+    assert body == f'id: {event.id}\r\nevent: sync.started\r\ndata: {{"run_id":7}}\r\n\r\n'.encode()
+    live.streams.close_all()
+    assert await asyncio.wait_for(reader.read(), SETTLE) == b""  # the end of the connection ends the body
+    writer.close()
+
+
+async def test_head_is_not_allowed_on_the_event_stream(live: Live) -> None:
+    response = await live.session.head(live.url + PATH, headers={"Authorization": f"Bearer {await live.token('read')}"})
+    assert response.status == 405
