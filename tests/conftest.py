@@ -13,6 +13,7 @@ from sync.clock import FakeClock
 from sync.config import Config, load_config
 from sync.control.runs import Run, RunLog
 from sync.errors import SyncError, SyncInProgress
+from sync.gitlab.client import _HAS_DIFFS
 from sync.ingest.pipeline import SyncRequest
 from sync.store.db import Database
 from tests.skip_policy import pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401
@@ -31,6 +32,13 @@ def make_config(
         values["LORE_GATEWAY_GITLAB_PROJECTS"] = ",".join(projects)
     values.update({f"LORE_GATEWAY_{k.upper()}": v for k, v in env.items()})
     return load_config(None, values)
+
+
+@pytest.fixture(autouse=True)
+def _forget_gitlab_instances() -> None:
+    """Each test starts knowing no GitLab: the client remembers per process and base URL whether `/diffs`
+    exists, and a later test's simulator can get an earlier one's port (and so its base URL)."""
+    _HAS_DIFFS.clear()
 
 
 @pytest.fixture
