@@ -7,7 +7,9 @@ The mirror is filled straight from list pages (no discussions: a reconcile never
 few items per project and kind are made to exist only in the mirror. Figures: the reconcile's requests
 against ceil(items / 100) per project and kind (the fewest GitLab's 100-row pages allow; target
 <= 1.05x), the quiet incremental pass it rides on, and its wall time against asking GitLab for every
-mirrored item by iid, the obvious alternative.
+mirrored item by iid, the obvious alternative. Then a few items per project and kind are taken out of
+the mirror only (as if a listing had walked past them), and a second reconcile's requests are set
+against ceil(items / 100) plus what fetching each lost item costs (item + discussions, + diffs for MRs).
 """
 
 from __future__ import annotations
@@ -117,11 +119,35 @@ async def bench(url: str, spec: SimSpec, ghosts: int, concurrency: int, data_dir
             quiet_s, quiet_n, _ = await timed_run(runner, client, SyncRequest(profile="fast"))
             both_s, both_n, counts = await timed_run(runner, client, SyncRequest(profile="fast", reconcile=True))
             probe_s, probe_n, probe_missing = await ask_each_item(dbs[1], client, ids)
+            await lose_from_mirror(dbs[0], ids, ghosts)
+            _, lacking_n, lacking_counts = await timed_run(runner, client, SyncRequest(profile="fast", reconcile=True))
     finally:
         for db in dbs:
             await db.close()
     report(spec, ghosts, concurrency, quiet=(quiet_s, quiet_n), both=(both_s, both_n), counts=counts,
            probe=(probe_s, probe_n, probe_missing))
+    report_lacking(spec, ghosts, quiet_n, lacking_n, lacking_counts)
+
+
+async def lose_from_mirror(db: Database, project_ids: list[int], count: int) -> None:
+    """Take the `count` newest-iid items of each project and kind out of the mirror, cursors untouched."""
+    async with db.transaction() as conn:
+        for pid in project_ids:
+            for kind in KINDS:
+                for iid in sorted(await mirror.stored_iids(conn, pid, kind))[-count:]:
+                    await mirror.delete_item(conn, pid, kind, iid)
+
+
+def report_lacking(spec: SimSpec, lost: int, quiet_n: int, lacking_n: int, counts: dict) -> None:
+    pages = spec.projects * (math.ceil(spec.issues / 100) + math.ceil(spec.merge_requests / 100))
+    fetches = spec.projects * lost * (2 + 3)  # issue: item, discussions; MR: item, discussions, diffs
+    expected = spec.projects * len(KINDS) * lost
+    reconcile_n = lacking_n - quiet_n
+    print(f"  mirror lacking {lost} per project and kind: recovered {counts.get('recovered', 0)} "
+          f"(expected {expected}); {reconcile_n} requests against {pages} pages + {fetches} fetches = "
+          f"{pages + fetches} -> {reconcile_n / (pages + fetches):.3f}x")
+    if counts.get("recovered", 0) != expected:
+        raise SystemExit("the reconcile did not fetch exactly the items the mirror lacked")
 
 
 def report(spec: SimSpec, ghosts: int, concurrency: int, *, quiet: tuple[float, int], both: tuple[float, int],

@@ -14,7 +14,7 @@ import time
 from aiohttp import web
 
 from gateway import api_limits, logs, ratelimit
-from gateway.http import ApiError, Handler, error_response, http_error_response
+from gateway.http import ApiError, BodyTimeout, Handler, answer_and_close, error_response, http_error_response
 from gateway.metrics import METRICS
 
 
@@ -51,6 +51,8 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         if api_limits.is_api(request.path):
             await api_limits.spend(request)
         return await handler(request)
+    except BodyTimeout as exc:
+        return await answer_and_close(request, exc)
     except ApiError as exc:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
     except web.HTTPException as exc:

@@ -7,6 +7,7 @@ with the request id and answered with a generic 500 that leaks nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -24,6 +25,7 @@ _CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "body_timeout",
     413: "payload_too_large",
     429: "rate_limited",
     503: "not_ready",
@@ -53,6 +55,55 @@ def error_response(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     return json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+
+
+class BodyTimeout(ApiError):
+    """The request body did not arrive in time (webhook.body_timeout); answered by `answer_and_close`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, "body_timeout", f"the request body did not arrive within {seconds:g} s",
+                         {"Connection": "close"})
+
+
+class BodyDeadline:
+    """`async with BodyDeadline(request, seconds):` around every read of one request body.
+
+    aiohttp times out an idle connection and a slow request head (gateway.keepalive_timeout) but has no
+    timer for a body sent slowly, so without this a client that stops half-way holds its connection, and
+    the memory its body took so far, for ever (docs/operations.md). A body that has all arrived before
+    the handler runs (GitLab's 2-20 KB hooks, nearly always) cannot stall, and gets no timer at all; the
+    cost of the check is in bench/body_deadline_bench.py."""
+
+    __slots__ = ("_seconds", "_timeout")
+
+    def __init__(self, request: web.BaseRequest, seconds: float) -> None:
+        self._seconds = seconds
+        self._timeout = None if request.content.is_eof() else asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> None:
+        if self._timeout is not None:
+            await self._timeout.__aenter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        traceback: object) -> None:
+        if self._timeout is None:
+            return
+        try:
+            await self._timeout.__aexit__(exc_type, exc, traceback)  # type: ignore[arg-type]
+        except TimeoutError:
+            raise BodyTimeout(self._seconds) from None
+
+
+async def answer_and_close(request: web.BaseRequest, exc: ApiError) -> web.Response:
+    """Send the error now, then drop the connection. Returning it the usual way would keep the connection
+    open: aiohttp then reads on for up to 10 s ("lingering") for the rest of a body that is not coming,
+    and would parse whatever came after as a next request."""
+    response = error_response(exc.status, exc.code, exc.message, exc.headers)
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the transport sends what it buffered, then closes
+    return response
 
 
 def bad_parameter(name: str, message: str) -> ApiError:

@@ -96,7 +96,7 @@ async def handle_mcp(request: web.Request) -> web.StreamResponse:
 
 @requires("read")
 async def _authorized(request: web.Request) -> web.StreamResponse:
-    body = await read_body(request, MAX_BODY_BYTES)
+    body = await read_body(request, MAX_BODY_BYTES, request.app[CONFIG].webhook.body_timeout)
     return await serve_asgi(request.app[MANAGER].handle_request, request, body)
 
 

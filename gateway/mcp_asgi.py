@@ -13,23 +13,25 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.http import ApiError
+from gateway.http import ApiError, BodyDeadline
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, or a 413 as soon as it passes `limit` bytes (whatever Content-Length claimed)."""
+async def read_body(request: web.Request, limit: int, deadline_seconds: float) -> bytes:
+    """The whole body, or a 413 as soon as it passes `limit` bytes (whatever Content-Length claimed), or
+    a 408 when it has not all come within `deadline_seconds` (gateway.http.BodyDeadline)."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "payload_too_large", f"request body over {limit} bytes")
     chunks, total = [], 0
-    while chunk := await request.content.read(64 * 1024):
-        total += len(chunk)
-        if total > limit:
-            raise ApiError(413, "payload_too_large", f"request body over {limit} bytes")
-        chunks.append(chunk)
+    async with BodyDeadline(request, deadline_seconds):
+        while chunk := await request.content.read(64 * 1024):
+            total += len(chunk)
+            if total > limit:
+                raise ApiError(413, "payload_too_large", f"request body over {limit} bytes")
+            chunks.append(chunk)
     return b"".join(chunks)
 
 

@@ -130,6 +130,7 @@ class RequestCounts:
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str, int]] = Counter()
         self.rate_limited: Counter[str] = Counter()  # "api" | "webhook" -> 429s answered
+        self.body_timeouts: Counter[str] = Counter()  # route -> 408s (gateway.http.BodyTimeout, the only 408)
         self.latency = Latency()
 
     def observe(self, route: str, method: str, status: int, elapsed: float | None) -> None:
@@ -137,6 +138,8 @@ class RequestCounts:
         self.requests[(route, method, status)] += 1
         if status == 429:
             self.rate_limited["webhook" if route == WEBHOOK_PATH else "api"] += 1
+        elif status == 408:
+            self.body_timeouts[route] += 1
         if elapsed is not None:
             self.latency.observe((route, method), elapsed)
 
@@ -312,6 +315,12 @@ class GatewayCollector(Collector):
         for name in ("api", "webhook"):
             limited.add_metric([name], self._metrics.requests.rate_limited[name])
         yield limited
+        timed_out = CounterMetricFamily(PREFIX + "request_body_timeouts", "Requests answered 408 and closed "
+                                        "because their body had not all arrived within webhook.body_timeout, "
+                                        "by route.", labels=["route"])
+        for route, value in sorted(self._metrics.requests.body_timeouts.items()):
+            timed_out.add_metric([route], value)
+        yield timed_out
         limiter = self._app.get(LIMITER)
         if limiter is not None:
             yield CounterMetricFamily(PREFIX + "ratelimit_storage_errors", "Rate-limit decisions taken "

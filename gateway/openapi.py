@@ -69,6 +69,8 @@ _ERRORS = {
     403: ("Forbidden", "The token lacks the scope this operation needs.", ["forbidden"]),
     404: ("NotFound", "No such resource (also a path id that is not a positive integer).", ["not_found"]),
     405: ("MethodNotAllowed", "The path exists, but not with this method.", ["method_not_allowed"]),
+    408: ("BodyTimeout", "The body had not all arrived `webhook.body_timeout` after the request head; the "
+          "connection is closed.", ["body_timeout"]),
     413: ("PayloadTooLarge", "The body is larger than allowed.", ["payload_too_large"]),
     410: ("Gone", "The change-feed cursor is older than the changes kept (`changes.retention`): list again.",
           ["cursor_expired"]),
@@ -423,7 +425,7 @@ def _sync_paths() -> JSON:
     profile_body = {"required": False, "content": {"application/json": {"schema": {
         "type": "object", "properties": {"profile": {"type": "string", "enum": ["fast", "balanced", "full"]}}}}}}
     queue = _operation("requestSync", "Ask for a sync run (coalesced with any pending one)",
-                       {**_ok(_schema("SyncQueued"), "Queued", status=202), **_errors(400, 503)},
+                       {**_ok(_schema("SyncQueued"), "Queued", status=202), **_errors(400, 408, 503)},
                        tag="sync", scope="sync", request_body=profile_body,
                        parameters=[_query("profile", {"type": "string", "enum": ["fast", "balanced", "full"]},
                                           "The profile of the run.")])
@@ -473,7 +475,7 @@ def _outside_paths() -> JSON:
     webhook = _operation(
         "receiveGitlabWebhook", "GitLab webhooks (X-Gitlab-Token, or Standard Webhooks signatures)",
         {**_ok(_schema("WebhookAccepted"), "Durably recorded (or a duplicate, or ignored)", status=202),
-         **_errors(400, 401, 405, 413, 415, 429, 503)},
+         **_errors(400, 401, 405, 408, 413, 415, 429, 503)},
         tag="webhooks", scope=None, api=False,
         request_body={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
         parameters=[{"name": n, "in": "header", "schema": STRING} for n in
@@ -483,7 +485,7 @@ def _outside_paths() -> JSON:
         "/webhooks/gitlab": {"post": webhook},
         "/mcp": {"post": _operation(
             "mcp", "Model Context Protocol (Streamable HTTP): tools over the mirror for agents",
-            {**_ok({"type": "object"}, "A JSON-RPC response (see docs/agents.md)"), **_errors(400, 413)},
+            {**_ok({"type": "object"}, "A JSON-RPC response (see docs/agents.md)"), **_errors(400, 408, 413)},
             tag="agents", scope="read",
             description="JSON-RPC 2.0; protocol versions 2024-11-05 to 2026-07-28, stateless. Same tokens, "
                         "rate limit and metrics as /api/v1.",

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.auth import requires
 from gateway.cache import CACHE_CONTROL, matches
-from gateway.http import ApiError, bad_parameter, json_body, json_response
+from gateway.http import ApiError, BodyDeadline, bad_parameter, json_body, json_response
 from gateway.keys import CLOCK, CONFIG, DB, SCHEDULER
 from sync import PROFILES, PermanentError, RunLog, resume_service, sync_status
 
@@ -98,7 +98,8 @@ async def _requested_profile(request: web.Request) -> str | None:
 
 
 async def _body_profile(request: web.Request) -> str | None:
-    raw = await request.read()
+    async with BodyDeadline(request, request.app[CONFIG].webhook.body_timeout):
+        raw = await request.read()
     if not raw.strip():
         return None
     try:

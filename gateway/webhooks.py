@@ -30,7 +30,7 @@ from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from gateway import ratelimit
-from gateway.http import ApiError, json_response
+from gateway.http import ApiError, BodyDeadline, json_response
 from gateway.keys import BUS, CLOCK, CONFIG, DB, SCHEDULER
 from gateway.proxies import client_address
 from sync import MAX_ID, Accepted, Inbox, InboxError, InboxEvent, ItemRef, WebhookConfig, WebhookReceived
@@ -313,7 +313,7 @@ async def _admit(request: web.Request) -> tuple[str, Body, str | None]:
         "webhook-signature" in headers and bool(creds.signing_keys))
     if not may_pass:
         await _spend(app, budget)
-    body = await _read_body(request, app[CONFIG].webhook.max_body_bytes)
+    body = await _read_body(request, app[CONFIG].webhook)
     try:
         verified_id = authenticate(creds, headers, body, app[CLOCK].now())
     except ApiError:
@@ -337,10 +337,12 @@ async def _spend(app: web.Application, budget: str) -> None:
 _DECODED_CODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 
 
-async def _read_body(request: web.Request, limit: int) -> Body:
+async def _read_body(request: web.Request, config: WebhookConfig) -> Body:
     """The raw body (signatures cover exact bytes), read chunk by chunk into one buffer and refused as soon
-    as it is known to exceed `limit`. aiohttp's client_max_size does not apply here: it guards only
-    request.read(), and this endpoint alone takes bodies as large as GitLab sends (docs/webhooks.md)."""
+    as it is known to exceed webhook.max_body_bytes, or once webhook.body_timeout has passed before all of
+    it came. aiohttp's client_max_size does not apply here: it guards only request.read(), and this
+    endpoint alone takes bodies as large as GitLab sends (docs/webhooks.md)."""
+    limit = config.max_body_bytes
     coding = request.headers.get("Content-Encoding", "").strip().lower()
     if coding not in _DECODED_CODINGS:
         raise ApiError(415, "unsupported_content_encoding",
@@ -352,8 +354,9 @@ async def _read_body(request: web.Request, limit: int) -> Body:
     reserved = _reservation(known, limit)
     budget = request.app[BODY_BUDGET]
     await budget.reserve(reserved)
-    try:
-        return await _read_chunks(request, limit)
+    try:  # the deadline starts once memory is reserved: a wait for the budget is not the sender's fault
+        async with BodyDeadline(request, config.body_timeout):
+            return await _read_chunks(request, limit)
     finally:
         await budget.release(reserved)
 

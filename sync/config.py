@@ -89,6 +89,10 @@ class WebhookConfig:
     secrets: tuple[str, ...] = field(default=(), repr=False)
     signing_tokens: tuple[str, ...] = field(default=(), repr=False)
     max_body_bytes: int = 26214400  # GitLab sends up to 25 MB (docs/webhooks.md)
+    # The whole body must arrive this long after the request head (also for POST /mcp and /sync): GitLab
+    # gives up on a delivery after 10 s by default, so only a stalled or hostile sender takes longer
+    # (docs/webhooks.md).
+    body_timeout: float = 30.0
     retention: float = 7 * _DAY
     fsync: bool = False  # inbox commits with synchronous=FULL: an accepted webhook survives a power cut
     url: str | None = None  # where GitLab posts (`hooks install`, the hook health check)
@@ -193,8 +197,8 @@ _KEYS: dict[str, frozenset[str]] = {
          "keepalive_timeout"}
     ),
     "webhook": frozenset(
-        {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "retention",
-         "fsync", "url"}
+        {"secrets", "secrets_file", "signing_tokens", "signing_tokens_file", "max_body_bytes", "body_timeout",
+         "retention", "fsync", "url"}
     ),
     "sync": frozenset(
         {"interval", "debounce", "max_wait", "profile", "backoff_base", "backoff_max", "stale_lock",
@@ -608,6 +612,7 @@ def _webhook(section: _Section) -> WebhookConfig:
         secrets=_secret_list(section, "secrets"),
         signing_tokens=signing_tokens,
         max_body_bytes=section.integer("max_body_bytes", default.max_body_bytes, 1, _MAX_BODY_LIMIT),
+        body_timeout=section.duration("body_timeout", default.body_timeout),
         retention=section.duration("retention", default.retention),
         fsync=section.boolean("fsync", default.fsync),
         url=_http_url(section, "url"),

@@ -16,3 +16,4 @@ def test_reconcile_benchmark_runs_in_quick_mode_and_prints_its_ratios():
     out = result.stdout
     assert "(target <= 1.05x)" in out and "fewer requests" in out
     assert "deleted from the mirror: 12 (expected 12)" in out
+    assert "mirror lacking 3 per project and kind: recovered 12 (expected 12)" in out

@@ -81,6 +81,7 @@ def test_default_durations_are_seconds() -> None:
     assert sync.profile == "balanced"
     assert config.webhook.retention == 7 * 86400.0
     assert config.webhook.max_body_bytes == 26214400  # GitLab's own limit: 25 MB
+    assert config.webhook.body_timeout == 30.0  # above GitLab's own 10 s delivery timeout (docs/webhooks.md)
     assert config.experts.mr_author_half_life == 180 * 86400.0
     assert config.experts.diff_note_half_life == 90 * 86400.0
     assert config.experts.review_half_life == 90 * 86400.0
@@ -141,6 +142,7 @@ log_level = "DEBUG"
 secrets = ["s3cret-one", "s3cret-two"]
 signing_tokens = ["{signing_token}"]
 max_body_bytes = 2048
+body_timeout = "5s"
 retention = "3d"
 
 [sync]
@@ -205,6 +207,7 @@ def test_a_full_file_sets_every_gateway_and_webhook_key(full_config: Config, tmp
     assert full_config.webhook.secrets == ("s3cret-one", "s3cret-two")
     assert full_config.webhook.signing_tokens == (SIGNING_TOKEN,)
     assert full_config.webhook.max_body_bytes == 2048
+    assert full_config.webhook.body_timeout == 5.0
     assert full_config.webhook.retention == 3 * 86400.0
 
 
@@ -534,6 +537,12 @@ def test_port_range_bounds_are_inclusive(tmp_path: Path, key: str, value: int) -
 def test_a_bad_duration_names_the_key_and_shows_the_accepted_forms(tmp_path: Path) -> None:
     message = error(tmp_path, '[sync]\ninterval = "30x"\n')
     assert message == "sync.interval: '30x' is not a duration (use e.g. 500ms, 2s, 30m, 12h, 30d)"
+
+
+def test_a_zero_body_timeout_is_an_error(tmp_path: Path) -> None:
+    """Zero would refuse every body that is not in the first packet, not switch the deadline off."""
+    message = error(tmp_path, '[webhook]\nbody_timeout = "0s"\n')
+    assert message.startswith("webhook.body_timeout: must be longer than zero")
 
 
 def test_a_zero_interval_is_an_error(tmp_path: Path) -> None:

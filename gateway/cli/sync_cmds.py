@@ -36,7 +36,8 @@ def register(commands: Any) -> None:
     )
     p.add_argument("--full", action="store_true", help="ignore cursors and re-list everything")
     p.add_argument(
-        "--reconcile", action="store_true", help="also list every iid and delete what GitLab no longer has"
+        "--reconcile", action="store_true",
+        help="also list every iid, delete what GitLab no longer has and fetch what the mirror lacks",
     )
     p.add_argument("--wait", action="store_true", help="wait for a running sync to finish instead of failing")
     json_flag(p)

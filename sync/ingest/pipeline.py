@@ -16,7 +16,8 @@ repeated from where the shift began, so no item is missed.
 
 What a listing cannot show is handled here too: a 404/403 on one item or its details removes that
 item (ItemGone) and the run goes on; notes hidden by GitLab's throttled touch are fetched again once
-the touch window has closed; and a reconcile pass deletes what GitLab no longer lists.
+the touch window has closed; and a reconcile pass deletes what GitLab no longer lists and fetches what
+it lists that the mirror lacks.
 """
 
 from __future__ import annotations
@@ -345,24 +346,30 @@ class Pipeline:
 
     async def _sync_item(self, ref: ItemRef) -> None:
         """Fetch one named item (kind issue or merge_request, with an iid) and its details."""
-        project_id, kind = cast(int, ref.project_id), cast(Kind, ref.kind)  # _run_targets kept only these
+        await self._fetch_item(ref)
+        self._done += 1
+        await self._progress("targets", self._done, self._total)
+
+    async def _fetch_item(self, ref: ItemRef) -> bool:
+        """GET one item and its details and write them if they differ from the mirror; a 404/403 drops it.
+        Whether anything was written."""
+        project_id, kind = cast(int, ref.project_id), cast(Kind, ref.kind)  # callers pass only these kinds
         path = f"/projects/{project_id}/{TABLES[kind]}/{ref.iid}"
         try:
             item = await self._for_item(ref, self._client.get(path))
             details = await self._fetch_details(project_id, kind, item["iid"])
         except ItemGone:
             await self._forget(ref)
-        else:
-            async with self._db.transaction() as conn:
-                changed = await self._differs(conn, project_id, kind, item, details.discussions)
-                if changed:
-                    await self._write_items(conn, project_id, kind, [item], [details])
-                else:
-                    await self._remember_fetch(conn, ref, item["updated_at"], details)
+            return False
+        async with self._db.transaction() as conn:
+            changed = await self._differs(conn, project_id, kind, item, details.discussions)
             if changed:
-                self._data_changed(project_id, kind, [item["iid"]])
-        self._done += 1
-        await self._progress("targets", self._done, self._total)
+                await self._write_items(conn, project_id, kind, [item], [details])
+            else:
+                await self._remember_fetch(conn, ref, item["updated_at"], details)
+        if changed:
+            self._data_changed(project_id, kind, [item["iid"]])
+        return changed
 
     async def _differs(self, conn: Any, project_id: int, kind: Kind, item: dict, discussions: list) -> bool:
         """Whether a refetched item or its notes differ from the mirror (an unchanged one is not rewritten)."""
@@ -431,10 +438,11 @@ class Pipeline:
         self.counts["rechecked"] += 1
         return changed
 
-    # -- reconcile: deletions GitLab sends no webhook for -----------------------------------------
+    # -- reconcile: deletions GitLab sends no webhook for, and items the listings missed ------------
 
     async def _reconcile(self, projects: list[int]) -> None:
-        """List every iid of each project and kind, and delete from the mirror what GitLab lacks."""
+        """List every iid of each project and kind: delete from the mirror what GitLab lacks, and fetch
+        what the mirror lacks."""
         await self._stage("reconcile")
         await gather(self._reconcile_project(project_id) for project_id in projects)
 
@@ -454,16 +462,32 @@ class Pipeline:
                 await mirror.mark_reconciled(conn, project_id, started)
 
     async def _reconcile_kind(self, project_id: int, kind: Kind) -> None:
+        """Delete what GitLab no longer lists, and fetch what it lists that the mirror lacks."""
         async with self._db.transaction() as conn:
+            if await mirror.get_cursor(conn, project_id, TABLES[kind]) is None:
+                return  # never listed: the next listing walks from the start anyway. No request
             known = await mirror.stored_iids(conn, project_id, kind)
-        if not known:
-            return  # nothing GitLab could have lost: no request
         listed = await self._listed_iids(project_id, kind)
         gone = await self._confirm_gone(project_id, kind, sorted(known - listed))
         if gone:
             async with self._db.transaction() as conn:
                 deleted = await self._delete(conn, project_id, kind, gone)
             self._announce(project_id, kind, [], deleted)
+        await self._fetch_unmirrored(project_id, kind, sorted(listed - known))
+
+    async def _fetch_unmirrored(self, project_id: int, kind: Kind, iids: list[int]) -> None:
+        """Items GitLab lists but the mirror lacks: the incremental listing walked past them (a clock
+        skewed between GitLab's nodes, a page lost to a shifted offset), and no webhook brought them.
+        Each is fetched as a targeted run fetches one (the item, its discussions, an MR's diffs), so the
+        cost is one GET per item on top of the details any fetch of it needs; 100 at a time, so a mirror
+        that lost a great many holds only that many in flight."""
+        self._total += len(iids)
+        for start in range(0, len(iids), PAGE):
+            written = await gather(self._fetch_item(ItemRef(project_id, kind, iid))
+                                   for iid in iids[start : start + PAGE])
+            self.counts["recovered"] += sum(written)
+            self._done += len(written)
+            await self._progress("reconcile", self._done, max(self._total, self._done))
 
     async def _listed_iids(self, project_id: int, kind: Kind) -> set[int]:
         """Every iid GitLab lists, oldest first: new items land on the last page, not in the middle."""
