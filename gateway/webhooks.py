@@ -323,7 +323,9 @@ async def _admit(request: web.Request) -> tuple[str, Body, str | None]:
 
 async def _spend(app: web.Application, budget: str) -> None:
     """Count one request against `budget` (ratelimit.webhook); ApiError 429 beyond it."""
-    decision = await app[ratelimit.LIMITER].hit(app[CONFIG].ratelimit.webhook, budget)
+    limiter = app[ratelimit.LIMITER]
+    rate = app[CONFIG].ratelimit.webhook
+    decision = limiter.hit_now(rate, budget) if limiter.counts_here else await limiter.hit(rate, budget)
     if not decision.allowed:
         raise ApiError(429, "rate_limited", "too many webhook requests from this address",
                        ratelimit.headers(decision))
@@ -347,6 +349,8 @@ async def _read_body(request: web.Request, limit: int) -> Body:
     # Only an encoded body's decoded size is unknown; an unknown size reserves the whole limit.
     known = request.content_length if coding in ("", "identity") else None
     reserved = _reservation(known, limit)
+    if not reserved:  # a small body of known size (every GitLab hook): nothing to share
+        return await _read_chunks(request, limit)
     budget = request.app[BODY_BUDGET]
     await budget.reserve(reserved)
     try:
