@@ -109,17 +109,21 @@ def _signatures(header: str) -> list[bytes]:
     return found
 
 
-def authenticate(creds: Credentials, headers: Mapping[str, str], body: Body, now: float) -> str | None:
+def authenticate(creds: Credentials, headers: Mapping[str, str], body: Body, now: float, *,
+                 token_ok: bool | None = None) -> str | None:
     """Accept a matching X-Gitlab-Token or a valid signature; return the verified webhook-id (None when the
-    request was not signed). Raises ApiError 401 otherwise."""
+    request was not signed). Raises ApiError 401 otherwise. `token_ok`: the caller already compared the
+    X-Gitlab-Token (`token_matches`), so it is not hashed and compared twice."""
     if not creds.configured:
         raise ApiError(401, "unauthorized", "the webhook secret is not configured on this gateway "
                        "(set webhook.secrets or webhook.signing_tokens)")
     signed = "webhook-signature" in headers and bool(creds.signing_keys)
     if signed and signature_matches(creds, headers, body, now):
         return headers["webhook-id"]
-    token = headers.get("X-Gitlab-Token")
-    if token is not None and creds.token_digests and token_matches(creds, token):
+    if token_ok is None:
+        token = headers.get("X-Gitlab-Token")
+        token_ok = token is not None and bool(creds.token_digests) and token_matches(creds, token)
+    if token_ok:
         return None
     if signed:
         raise ApiError(401, "invalid_signature", "the webhook signature or its timestamp is not valid")
@@ -306,13 +310,13 @@ async def _admit(request: web.Request) -> tuple[str, Body, str | None]:
     creds, headers = app[CREDENTIALS], request.headers
     budget = f"webhook:{client_address(request)}"
     token = headers.get("X-Gitlab-Token")
-    may_pass = (token is not None and token_matches(creds, token)) or (
-        "webhook-signature" in headers and bool(creds.signing_keys))
+    token_ok = token is not None and bool(creds.token_digests) and token_matches(creds, token)
+    may_pass = token_ok or ("webhook-signature" in headers and bool(creds.signing_keys))
     if not may_pass:
         await _spend(app, budget)
     body = await _read_body(request, app[CONFIG].webhook.max_body_bytes)
     try:
-        verified_id = authenticate(creds, headers, body, app[CLOCK].now())
+        verified_id = authenticate(creds, headers, body, app[CLOCK].now(), token_ok=token_ok)
     except ApiError:
         if may_pass:
             await _spend(app, budget)
