@@ -14,7 +14,9 @@ A shared 2-core machine is noisy: several rounds (bare, then the gateway's app w
 the gateway) run and the median round is shown, with each server's CPU per request, which a busy neighbour
 disturbs far less than requests per second. The differences in CPU per request say where the time goes:
 the app and its middleware, then the webhook handler itself (token check, rate limit, routing, inbox
-commit). Every server runs on the same event loop (the gateway's default unless --loop says otherwise).
+commit). A fifth server, `commit`, is the bare handler plus only the inbox commit (no app): the floor under
+the gateway, what durability alone costs. Every server runs on the same event loop (the gateway's default
+unless --loop says otherwise).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tree this bench is in, not an install
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from gateway.simulator.gitlab import GitLabSimulator, Webhook
     from sync.control.inbox import Inbox
 
@@ -51,7 +55,7 @@ PATH = "/webhooks/gitlab"
 TARGET_RATIO = 0.55
 TARGET_P99_MS = 20.0
 APP_PATH = "/bench/accept"  # the bare 202 handler inside the gateway's app
-KINDS = ("bare", "app", "gateway", "fsync")
+KINDS = ("bare", "commit", "app", "gateway", "fsync")
 Requests = list[tuple[bytes, dict[str, str]]]
 
 
@@ -62,6 +66,38 @@ def bare_app() -> web.Application:
         return web.Response(status=202, body=b'{"accepted": true}', content_type="application/json")
 
     app = web.Application()
+    app.router.add_post(PATH, accept)
+    return app
+
+
+def commit_app(data_dir: Path) -> web.Application:
+    """The bare 202 handler plus only what makes a 202 durable: the body read and a row group-committed in
+    the inbox (sync.control.inbox, the gateway's own writer) before the answer. The floor under the
+    gateway's figure: no app, middleware, authentication, limit, parsing or routing."""
+    from gateway import webhooks
+    from sync.clock import SystemClock
+    from sync.control.inbox import Inbox, InboxEvent
+    from sync.store.db import Database
+
+    async def inbox_ctx(app: web.Application) -> AsyncIterator[None]:
+        db = await Database.open(data_dir / "lore.db")
+        inbox = Inbox(db, SystemClock())
+        await inbox.start()
+        app[webhooks.INBOX] = inbox
+        yield
+        await inbox.close()
+        await db.close()
+
+    async def accept(request: web.Request) -> web.Response:
+        await request.read()
+        event = InboxEvent(request.headers.get("Idempotency-Key"), request.headers.get("X-Gitlab-Event", ""),
+                           None, None, None, b"")
+        accepted = await request.app[webhooks.INBOX].add(event)
+        return web.Response(status=202, body=b'{"accepted": true, "event_id": "%d"}' % accepted.event_id,
+                            content_type="application/json")
+
+    app = web.Application()
+    app.cleanup_ctx.append(inbox_ctx)
     app.router.add_post(PATH, accept)
     return app
 
@@ -92,8 +128,12 @@ def app_with_bare_route(data_dir: Path, requests: int) -> web.Application:
 
 
 async def serve(kind: str, data_dir: Path, requests: int) -> None:
+    from gateway.server import tune_gc
+
     if kind == "bare":
         app = bare_app()
+    elif kind == "commit":
+        app = commit_app(data_dir)
     elif kind == "app":
         app = app_with_bare_route(data_dir, requests)
     else:
@@ -103,6 +143,7 @@ async def serve(kind: str, data_dir: Path, requests: int) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
+    tune_gc()  # as gateway.server runs the gateway, and for the bare server alike
     print(f"PORT {port}", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -269,6 +310,7 @@ def inbox_rows(data_dir: Path) -> int:
 
 def one_round(data_dir: Path, warmup: Requests, measured: Requests, concurrency: int, loop: str) -> dict[str, Any]:
     bare = run_one("bare", data_dir / "bare", warmup, measured, concurrency, loop)
+    commit = run_one("commit", data_dir / "commit", warmup, measured, concurrency, loop)
     app = run_one("app", data_dir / "app", warmup, measured, concurrency, loop)
     gw = run_one("gateway", data_dir / "gateway", warmup, measured, concurrency, loop)
     synced = run_one("fsync", data_dir / "fsync", warmup, measured, concurrency, loop)
@@ -276,13 +318,16 @@ def one_round(data_dir: Path, warmup: Requests, measured: Requests, concurrency:
     synced_rows = inbox_rows(data_dir / "fsync")
     stats = gw.server_stats
     return {
-        "bare": asdict(bare.result), "app": asdict(app.result), "gateway": asdict(gw.result),
+        "bare": asdict(bare.result), "commit": asdict(commit.result), "app": asdict(app.result),
+        "gateway": asdict(gw.result),
+        "commit_ratio": commit.result.per_second / bare.result.per_second if bare.result.per_second else 0.0,
         "fsync": asdict(synced.result),
         "ratio": gw.result.per_second / bare.result.per_second if bare.result.per_second else 0.0,
         "fsync_ratio": synced.result.per_second / gw.result.per_second if gw.result.per_second else 0.0,
         "fsync_transactions": synced.server_stats.get("commits"),
         "inbox_rows": rows, "accepted_202": gw.accepted,
-        "rows_match": rows == gw.accepted and synced_rows == synced.accepted,
+        "rows_match": (rows == gw.accepted and synced_rows == synced.accepted
+                       and inbox_rows(data_dir / "commit") == commit.accepted),
         "transactions": stats.get("commits"),
         "rows_per_transaction": stats["rows"] / stats["commits"] if stats.get("commits") else None,
     }
@@ -295,6 +340,7 @@ def summarize(rounds: list[dict[str, Any]], requests: int, concurrency: int, loo
     layers = None
     if all(value is not None for value in cpu.values()):
         layers = {"aiohttp (bare 202)": round(cpu["bare"], 1),
+                  "floor: + body read + inbox row committed (no app)": round(cpu["commit"] - cpu["bare"], 1),
                   "gateway app + middleware": round(cpu["app"] - cpu["bare"], 1),
                   "webhook handler (token, limit, route, inbox commit)": round(cpu["gateway"] - cpu["app"], 1)}
     return {
@@ -322,11 +368,20 @@ def print_report(r: dict[str, Any]) -> None:
     verdict = "ok" if r["ratio"] >= r["target_ratio"] else "BELOW TARGET"
     print(f"ratio gateway/bare (median round): {r['ratio']:.2f}x, target >= {r['target_ratio']}x: {verdict}; "
           f"every round: {r['ratios']}")
+    print(f"floor, bare 202 + only the inbox commit / bare (same round): {r['commit_ratio']:.2f}x, "
+          f"p99 {r['commit']['p99_ms']:.1f} ms")
     print(f"ratio fsync/gateway (webhook.fsync = true against the default, each round side by side; median): "
           f"{r['fsync_ratio']:.2f}x; every round: {r['fsync_ratios']}")
     p99 = r["gateway"]["p99_ms"]
     print(f"gateway p99 {p99:.1f} ms, target <= {r['target_p99_ms']:.0f} ms: "
           f"{'ok' if p99 <= r['target_p99_ms'] else 'ABOVE TARGET'}")
+    # A closed loop: every connection sends its next request when the last is answered, so the mean
+    # latency is connections / throughput (Little's law) whatever the server does with its time. The
+    # p99 cannot be below that mean; bare's own p99 is the load generator's floor at its rate.
+    floors = ", ".join(f"{name} {r['concurrency'] / r[name]['per_second'] * 1000:.1f} ms"
+                       for name in ("bare", "gateway") if r[name]["per_second"])
+    print(f"  mean latency forced by {r['concurrency']} connections at the measured rate: {floors}; "
+          f"bare's own p99 {r['bare']['p99_ms']:.1f} ms")
     if r["layers_us_per_request"]:
         print("where a webhook's server CPU goes (us per request, median round):")
         for layer, us in r["layers_us_per_request"].items():

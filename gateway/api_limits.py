@@ -84,18 +84,31 @@ def is_api(path: str) -> bool:
     return path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/")
 
 
-async def spend(request: web.Request) -> None:
-    """Spend one hit of the caller's budget (gateway.front, for every is_api path); ApiError 429 past it.
-    The decision is kept on the request: gateway.front puts its headers on whatever answers."""
+def spend_now(request: web.Request) -> bool:
+    """`spend` without an await, for the common case: a token verified in the last few seconds, counted
+    in this process. False when that is not the case and `spend` must be awaited instead (nothing spent)."""
     app = request.app
     limiter = app[LIMITER]
     token = _bearer(request)
-    # The common case, a token verified in the last few seconds counted in this process, awaits nothing.
     budget = app[IDENTITIES].get(token) if token is not None else None
-    if budget is None:
-        budget = await bucket(request)
+    if budget is None or not limiter.counts_here:
+        return False
+    _decide(request, limiter.hit_now(app[CONFIG].ratelimit.api, budget))
+    return True
+
+
+async def spend(request: web.Request) -> None:
+    """Spend one hit of the caller's budget (gateway.front, for every is_api path that `spend_now` could
+    not); ApiError 429 past it. The decision is kept on the request: gateway.front puts its headers on
+    whatever answers."""
+    app = request.app
+    limiter = app[LIMITER]
+    budget = await bucket(request)
     rate = app[CONFIG].ratelimit.api
-    decision = limiter.hit_now(rate, budget) if limiter.counts_here else await limiter.hit(rate, budget)
+    _decide(request, limiter.hit_now(rate, budget) if limiter.counts_here else await limiter.hit(rate, budget))
+
+
+def _decide(request: web.Request, decision: Decision) -> None:
     request[DECISION] = decision
     if not decision.allowed:
         raise ApiError(429, "rate_limited",

@@ -29,7 +29,20 @@ async def front_middleware(request: web.Request, handler: Handler) -> web.Stream
     status = 500  # what aiohttp answers for an exception that gets past this middleware
     plain = True  # a stream's duration is its lifetime, not latency
     try:
-        response = await _answer(request, handler)
+        # The REST API's budget and the handler; a refusal is answered here, in the error shape. Inline,
+        # not a helper coroutine: every request pays for each frame it is awaited through.
+        try:
+            if api_limits.is_api(request.path) and not api_limits.spend_now(request):
+                await api_limits.spend(request)
+            response = await handler(request)
+        except BodyTimeout as exc:
+            response = await answer_and_close(request, exc)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.code, exc.message, exc.headers)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = http_error_response(exc)
         status = response.status
         plain = isinstance(response, web.Response)
         return response
@@ -44,21 +57,6 @@ async def front_middleware(request: web.Request, handler: Handler) -> web.Stream
         request.app[METRICS].requests.observe(logs.route_of(request), request.method, status,
                                               elapsed if plain else None)
         logs.log_request(request, status, elapsed, plain=plain)
-
-
-async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        if api_limits.is_api(request.path):
-            await api_limits.spend(request)
-        return await handler(request)
-    except BodyTimeout as exc:
-        return await answer_and_close(request, exc)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return http_error_response(exc)
 
 
 async def _stamp(request: web.BaseRequest, response: web.StreamResponse) -> None:

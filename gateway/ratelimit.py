@@ -17,8 +17,8 @@ import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from aiohttp import web
 from limits import RateLimitItem, parse
@@ -41,8 +41,10 @@ REDIS_SOCKET_TIMEOUT = 1.0
 _STORAGE_ERRORS = (StorageError, RedisError, OSError)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    """One hit's outcome. A NamedTuple, not a frozen dataclass: one is made per request, and a frozen
+    dataclass's __init__ goes through object.__setattr__ for every field."""
+
     allowed: bool
     limit: int
     remaining: int

@@ -112,17 +112,21 @@ def _signatures(header: str) -> list[bytes]:
     return found
 
 
-def authenticate(creds: Credentials, headers: Mapping[str, str], body: Body, now: float) -> str | None:
+def authenticate(creds: Credentials, headers: Mapping[str, str], body: Body, now: float, *,
+                 token_ok: bool | None = None) -> str | None:
     """Accept a matching X-Gitlab-Token or a valid signature; return the verified webhook-id (None when the
-    request was not signed). Raises ApiError 401 otherwise."""
+    request was not signed). Raises ApiError 401 otherwise. `token_ok`: the caller already compared the
+    X-Gitlab-Token (`token_matches`), so it is not hashed and compared twice."""
     if not creds.configured:
         raise ApiError(401, "unauthorized", "the webhook secret is not configured on this gateway "
                        "(set webhook.secrets or webhook.signing_tokens)")
     signed = "webhook-signature" in headers and bool(creds.signing_keys)
     if signed and signature_matches(creds, headers, body, now):
         return headers["webhook-id"]
-    token = headers.get("X-Gitlab-Token")
-    if token is not None and creds.token_digests and token_matches(creds, token):
+    if token_ok is None:
+        token = headers.get("X-Gitlab-Token")
+        token_ok = token is not None and bool(creds.token_digests) and token_matches(creds, token)
+    if token_ok:
         return None
     if signed:
         raise ApiError(401, "invalid_signature", "the webhook signature or its timestamp is not valid")
@@ -309,13 +313,13 @@ async def _admit(request: web.Request) -> tuple[str, Body, str | None]:
     creds, headers = app[CREDENTIALS], request.headers
     budget = f"webhook:{client_address(request)}"
     token = headers.get("X-Gitlab-Token")
-    may_pass = (token is not None and token_matches(creds, token)) or (
-        "webhook-signature" in headers and bool(creds.signing_keys))
+    token_ok = token is not None and bool(creds.token_digests) and token_matches(creds, token)
+    may_pass = token_ok or ("webhook-signature" in headers and bool(creds.signing_keys))
     if not may_pass:
         await _spend(app, budget)
     body = await _read_body(request, app[CONFIG].webhook)
     try:
-        verified_id = authenticate(creds, headers, body, app[CLOCK].now())
+        verified_id = authenticate(creds, headers, body, app[CLOCK].now(), token_ok=token_ok)
     except ApiError:
         if may_pass:
             await _spend(app, budget)
@@ -326,7 +330,9 @@ async def _admit(request: web.Request) -> tuple[str, Body, str | None]:
 
 async def _spend(app: web.Application, budget: str) -> None:
     """Count one request against `budget` (ratelimit.webhook); ApiError 429 beyond it."""
-    decision = await app[ratelimit.LIMITER].hit(app[CONFIG].ratelimit.webhook, budget)
+    limiter = app[ratelimit.LIMITER]
+    rate = app[CONFIG].ratelimit.webhook
+    decision = limiter.hit_now(rate, budget) if limiter.counts_here else await limiter.hit(rate, budget)
     if not decision.allowed:
         raise ApiError(429, "rate_limited", "too many webhook requests from this address",
                        ratelimit.headers(decision))
@@ -352,6 +358,8 @@ async def _read_body(request: web.Request, config: WebhookConfig) -> Body:
     # Only an encoded body's decoded size is unknown; an unknown size reserves the whole limit.
     known = request.content_length if coding in ("", "identity") else None
     reserved = _reservation(known, limit)
+    if not reserved:  # a small body of known size (every GitLab hook): nothing to share
+        return await _read_chunks(request, limit)
     budget = request.app[BODY_BUDGET]
     await budget.reserve(reserved)
     try:  # the deadline starts once memory is reserved: a wait for the budget is not the sender's fault

@@ -16,6 +16,7 @@ what it missed, or learn that it must re-read (the id has aged out).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -39,7 +40,14 @@ class CatalogEvent:
     name: ClassVar[str]
 
     def payload(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {name: getattr(self, name) for name in _field_names(type(self))}
+
+
+@functools.cache
+def _field_names(event_type: type) -> tuple[str, ...]:
+    """A catalog event's field names in order, looked up once per type: `fields()` walks the class's
+    dataclass metadata on every call, and a webhook emits one event per request."""
+    return tuple(f.name for f in fields(event_type))
 
 
 @dataclass(frozen=True)

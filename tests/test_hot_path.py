@@ -155,3 +155,29 @@ async def test_a_validated_query_is_remembered_a_refused_or_long_one_is_not(tmp_
 
     assert [r.status for r in refused] == [400, 400]
     assert list(app[SHAPES]) == [f"{issues}?per_page=5"]
+
+
+async def test_a_304_and_a_cached_hit_carry_their_own_stamp_and_leave_the_cached_headers_alone(
+    tmp_path: Path, aiohttp_client
+) -> None:
+    """The cache keeps each entry's headers made once; every answer copies them and only the copy gets the
+    request's id and rate-limit headers."""
+    app = create_app(make_config(tmp_path, ratelimit_api="100/minute"), clock=FakeClock(), scheduler=False)
+    client: TestClient = await aiohttp_client(app)
+    token = (await app[TOKENS].create("reader", ["read"], None)).token
+    first = await client.get(PAGE, headers=bearer(token))
+    etag = first.headers["ETag"]
+    answers = [first]
+    for headers in ({"If-None-Match": etag}, {}, {"If-None-Match": f'"other", W/{etag}'}, {"X-Request-Id": "mine"}):
+        answers.append(await client.get(PAGE, headers={**bearer(token), **headers}))
+
+    assert [a.status for a in answers] == [200, 304, 200, 304, 200]
+    assert [a.headers["RateLimit-Remaining"] for a in answers] == ["99", "98", "97", "96", "95"]
+    assert len({a.headers["X-Request-Id"] for a in answers}) == 5 and answers[-1].headers["X-Request-Id"] == "mine"
+    for answer in answers:
+        assert answer.headers.getall("ETag") == [etag]
+        assert answer.headers["Cache-Control"] == "private, no-cache"
+    assert answers[1].headers.get("Content-Type") is None and await answers[1].read() == b""
+    for entry, _ in app[RESPONSE_CACHE]._entries.values():
+        assert set(entry.headers) == {"Content-Type", "ETag", "Cache-Control"}
+        assert set(entry.not_modified_headers) == {"ETag", "Cache-Control"}

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -172,9 +174,10 @@ async def test_count_pending_counts_unprocessed_rows(inbox: Inbox, db: Database)
 
 
 def observe_synchronous(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The `PRAGMA synchronous` each write transaction of `db` runs under (1 NORMAL, 2 FULL)."""
+    """The `PRAGMA synchronous` each write transaction of `db` runs under (1 NORMAL, 2 FULL), whether it
+    goes through `transaction()` or in one trip through `write()`."""
     seen: list[int] = []
-    original = db.transaction
+    original, original_write = db.transaction, db.write
 
     @asynccontextmanager
     async def observed(**options: bool) -> AsyncIterator[Any]:
@@ -182,7 +185,15 @@ def observe_synchronous(db: Database, monkeypatch: pytest.MonkeyPatch) -> list[i
             seen.append((await conn.execute_fetchall("PRAGMA synchronous"))[0][0])
             yield conn
 
+    async def observed_write(work: Callable[[sqlite3.Connection], Any], **options: bool) -> Any:
+        def observing(conn: sqlite3.Connection) -> Any:
+            seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+            return work(conn)
+
+        return await original_write(observing, **options)
+
     monkeypatch.setattr(db, "transaction", observed)
+    monkeypatch.setattr(db, "write", observed_write)
     return seen
 
 
@@ -213,3 +224,34 @@ async def test_a_commit_that_stores_a_new_event_calls_on_new_events_and_a_duplic
     await asyncio.sleep(0)
     await box.close()
     assert calls == [1]
+
+
+_CRASHING_WRITER = """
+import asyncio, os, sys
+from pathlib import Path
+from sync.clock import FakeClock
+from sync.control.inbox import Inbox, InboxEvent
+from sync.store.db import Database
+
+async def main():
+    db = await Database.open(Path(sys.argv[1]))
+    box = Inbox(db, FakeClock(1.0))
+    await box.start()
+    events = [InboxEvent(f"key-{i}", "Issue Hook", 1001, "issue", i + 1, b"") for i in range(50)]
+    accepted = await asyncio.gather(*(box.add(e) for e in events))  # group-committed in a few batches
+    print(" ".join(str(a.event_id) for a in accepted), flush=True)
+    os._exit(0)  # die here: no close, no flush, no checkpoint
+
+asyncio.run(main())
+"""
+
+
+def test_every_accepted_event_is_on_disk_after_the_process_dies(tmp_path: Path) -> None:
+    """What a 202 promises: `add` returned, so the row survives the process dying right after."""
+    path = tmp_path / "lore.db"
+    done = subprocess.run([sys.executable, "-c", _CRASHING_WRITER, str(path)], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    accepted = [int(event_id) for event_id in done.stdout.split()]
+    assert len(accepted) == 50
+    assert [row[0] for row in rows_on_disk(path)] == sorted(accepted)

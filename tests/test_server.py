@@ -130,3 +130,32 @@ def test_serving_raises_the_soft_descriptor_limit_to_the_hard_one() -> None:
 
     returned, (soft, hard), original_hard = json.loads(done.stdout)
     assert returned == soft == hard == original_hard
+
+
+_GC_PROBE = """
+import asyncio, gc, json
+from aiohttp import web
+from gateway.server import running
+
+async def main():
+    before = (gc.get_threshold()[0], gc.get_freeze_count())
+    async with running(web.Application(), "127.0.0.1", 0):
+        during = (gc.get_threshold()[0], gc.get_freeze_count())
+    print(json.dumps({"before": before, "during": during}))
+
+asyncio.run(main())
+"""
+
+
+def test_a_started_server_freezes_its_start_up_heap_and_collects_young_objects_less_often() -> None:
+    """In a process of its own: the collector's settings are the whole process's."""
+    from gateway.server import GC_YOUNG_THRESHOLD
+
+    done = subprocess.run([sys.executable, "-c", _GC_PROBE], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["before"] == [700, 0]  # CPython's defaults, untouched until the server is set up
+    threshold, frozen = seen["during"]
+    assert threshold == GC_YOUNG_THRESHOLD
+    assert frozen > 1000  # the modules and the app: everything alive at start-up

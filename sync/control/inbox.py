@@ -12,12 +12,11 @@ power cut (the last commits may be lost then). `fsync=True` (`webhook.fsync`) co
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import aiosqlite
 
 from sync.clock import Clock
 from sync.control import inbox_queries
@@ -140,18 +139,12 @@ class Inbox:
             asyncio.get_running_loop().call_soon(self._on_new_events)
 
     async def _store(self, events: Sequence[InboxEvent]) -> list[Accepted]:
-        keys = {e.idempotency_key for e in events if e.idempotency_key is not None}
-        async with self._db.transaction(full_sync=self._fsync) as conn:
-            # Ids are assigned inside the write transaction (no other writer can interleave), so the whole
-            # batch goes in with one executemany and each caller still learns its own row id.
-            next_id, existing = await _next_id_and_existing(conn, keys)
-            results, rows = _plan(events, existing, next_id, self._clock.now())
-            if rows:
-                cursor = await conn.executemany(_INSERT, rows)
-                if cursor.rowcount != len(rows):  # impossible while we are the only writer: fail, never guess
-                    raise sqlite3.IntegrityError("an inbox row conflicted inside its own write transaction")
+        # One trip to the writer's thread for the whole batch (Database.write): the ids, the duplicates and
+        # the insert in one transaction, so a batch waits on SQLite once, not on four hand-offs.
+        results, stored = await self._db.write(functools.partial(_insert_batch, events, self._clock.now()),
+                                               full_sync=self._fsync)
         self.commits += 1
-        self.rows += len(rows)
+        self.rows += stored
         return results
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
@@ -187,13 +180,27 @@ def _plan(
     return results, rows
 
 
-async def _next_id_and_existing(conn: aiosqlite.Connection, keys: set[str]) -> tuple[int, dict[str, int]]:
-    """The next free id and the ids of `keys` already stored: one query, so one trip to the writer's thread."""
+def _insert_batch(events: Sequence[InboxEvent], now: float, conn: sqlite3.Connection) -> tuple[list[Accepted], int]:
+    """On the writer's thread, inside the batch's write transaction: each event's outcome, and how many rows
+    were inserted. Ids are assigned inside the transaction (no other writer can interleave), so the whole
+    batch goes in with one executemany and each caller still learns its own row id."""
+    keys = {e.idempotency_key for e in events if e.idempotency_key is not None}
+    next_id, existing = _next_id_and_existing(conn, keys)
+    results, rows = _plan(events, existing, next_id, now)
+    if rows:
+        cursor = conn.executemany(_INSERT, rows)
+        if cursor.rowcount != len(rows):  # impossible while we are the only writer: fail, never guess
+            raise sqlite3.IntegrityError("an inbox row conflicted inside its own write transaction")
+    return results, len(rows)
+
+
+def _next_id_and_existing(conn: sqlite3.Connection, keys: set[str]) -> tuple[int, dict[str, int]]:
+    """The next free id and the ids of `keys` already stored, in one query."""
     sql = "SELECT NULL, coalesce(max(id), 0) FROM webhook_events"
     if keys:
         marks = ",".join("?" * len(keys))
         sql += f" UNION ALL SELECT idempotency_key, id FROM webhook_events WHERE idempotency_key IN ({marks})"
-    rows = await conn.execute_fetchall(sql, tuple(keys))
+    rows = conn.execute(sql, tuple(keys)).fetchall()
     # The max row is the one whose key is NULL (IN never matches NULL): no reliance on UNION ALL order.
     next_id = next(event_id for key, event_id in rows if key is None) + 1
     return next_id, {key: event_id for key, event_id in rows if key is not None}

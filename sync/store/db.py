@@ -4,6 +4,10 @@ Writes go through `Database.transaction()`, which serializes them on the single
 writer connection (an asyncio lock, since aiosqlite would otherwise interleave
 two coroutines' statements in one transaction) and uses BEGIN IMMEDIATE so a
 second process waits on busy_timeout instead of failing mid-transaction.
+`Database.write()` is the same transaction as one function run on the writer's
+thread: every awaited statement is a round trip between the event loop and that
+thread (a wake-up each way, and the GIL handed over twice), and a short write on
+a hot path (the webhook inbox) paid four of them per commit.
 Readers use their own connections and are never blocked by a write in WAL mode.
 
 A read runs first on the event loop itself, for at most INLINE_BUDGET: most reads
@@ -26,10 +30,10 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -47,6 +51,7 @@ INLINE_BUDGET = 0.001  # seconds a read may hold the event loop before it moves 
 # SQLite VM instructions between looks at the clock: few enough that a read stops soon after INLINE_BUDGET,
 # many enough that looking costs little against the work in between.
 _BUDGET_CHECK_STEPS = 1000
+T = TypeVar("T")
 _RUN_ON_THREAD = frozenset({"SQLITE_INTERRUPT", "SQLITE_BUSY", "SQLITE_LOCKED"})  # over budget, or a lock
 
 
@@ -146,6 +151,18 @@ class Database:
                 if full_sync:
                     await asyncio.shield(self._writer.execute("PRAGMA synchronous=NORMAL"))
 
+    async def write(self, work: Callable[[sqlite3.Connection], T], *, full_sync: bool = False) -> T:
+        """`work(conn)` as one atomic write, like `transaction()`, in ONE trip to the writer's thread:
+        BEGIN IMMEDIATE, `work`, COMMIT (ROLLBACK when `work` raises), on that thread without coming back
+        to the event loop in between. `work` runs off the event loop: it must only use `conn`.
+
+        If the caller is cancelled, the thread still finishes (commits or rolls back) what it started,
+        and a later write queues behind it on the same thread, so none interleave."""
+        async with self._write_lock:
+            # aiosqlite runs every call on its connection's one thread through `_execute`; it has no
+            # public way to run a function there. tests/test_db_write.py holds this to its behaviour.
+            return await self._writer._execute(_in_transaction, self._writer._conn, work, full_sync)
+
     async def check_ready(self) -> None:
         """Raise sqlite3.Error unless the store is migrated, readable and may be written.
 
@@ -214,6 +231,25 @@ class InlineReader:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _in_transaction(conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], full_sync: bool) -> T:
+    """`Database.write` on the writer's thread."""
+    if full_sync:
+        conn.execute("PRAGMA synchronous=FULL")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:  # `work` raised, or COMMIT itself failed
+                conn.execute("ROLLBACK")
+            raise
+        return result
+    finally:
+        if full_sync:
+            conn.execute("PRAGMA synchronous=NORMAL")
 
 
 async def _connect(path: Path) -> aiosqlite.Connection:
