@@ -227,22 +227,27 @@ async def test_a_commit_that_stores_a_new_event_calls_on_new_events_and_a_duplic
 
 
 _CRASHING_WRITER = """
-import asyncio, os, sys
+import asyncio, os, sys, traceback
 from pathlib import Path
 from sync.clock import FakeClock
 from sync.control.inbox import Inbox, InboxEvent
 from sync.store.db import Database
+from sync.types import ItemRef
 
 async def main():
     db = await Database.open(Path(sys.argv[1]))
     box = Inbox(db, FakeClock(1.0))
     await box.start()
-    events = [InboxEvent(f"key-{i}", "Issue Hook", 1001, "issue", i + 1, b"") for i in range(50)]
+    events = [InboxEvent(f"key-{i}", "Issue Hook", ItemRef(1001, "issue", i + 1), b"") for i in range(50)]
     accepted = await asyncio.gather(*(box.add(e) for e in events))  # group-committed in a few batches
     print(" ".join(str(a.event_id) for a in accepted), flush=True)
     os._exit(0)  # die here: no close, no flush, no checkpoint
 
-asyncio.run(main())
+try:
+    asyncio.run(main())
+except BaseException:  # the writer thread would keep a failed run alive until the test's timeout
+    traceback.print_exc()
+    os._exit(1)
 """
 
 
