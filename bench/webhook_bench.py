@@ -78,6 +78,7 @@ def commit_app(data_dir: Path) -> web.Application:
     from sync.clock import SystemClock
     from sync.control.inbox import Inbox, InboxEvent
     from sync.store.db import Database
+    from sync.types import ItemRef
 
     async def inbox_ctx(app: web.Application) -> AsyncIterator[None]:
         db = await Database.open(data_dir / "lore.db")
@@ -91,7 +92,7 @@ def commit_app(data_dir: Path) -> web.Application:
     async def accept(request: web.Request) -> web.Response:
         await request.read()
         event = InboxEvent(request.headers.get("Idempotency-Key"), request.headers.get("X-Gitlab-Event", ""),
-                           None, None, None, b"")
+                           ItemRef(None, None), b"")
         accepted = await request.app[webhooks.INBOX].add(event)
         return web.Response(status=202, body=b'{"accepted": true, "event_id": "%d"}' % accepted.event_id,
                             content_type="application/json")

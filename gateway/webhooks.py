@@ -358,8 +358,9 @@ async def _read_body(request: web.Request, config: WebhookConfig) -> Body:
     # Only an encoded body's decoded size is unknown; an unknown size reserves the whole limit.
     known = request.content_length if coding in ("", "identity") else None
     reserved = _reservation(known, limit)
-    if not reserved:  # a small body of known size (every GitLab hook): nothing to share
-        return await _read_chunks(request, limit)
+    if not reserved:  # a small body of known size (every GitLab hook): nothing to share, but it may stall
+        async with BodyDeadline(request, config.body_timeout):
+            return await _read_chunks(request, limit)
     budget = request.app[BODY_BUDGET]
     await budget.reserve(reserved)
     try:  # the deadline starts once memory is reserved: a wait for the budget is not the sender's fault
